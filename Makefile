@@ -1,0 +1,28 @@
+# cbmir: `make run` installs and runs the default cell; `make test` installs and runs the offline test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# FAISS build: cpu (default) or gpu (pip extra `gpu`); exactly one is installed.
+FAISS ?= cpu
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench report clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -e '.[$(FAISS),dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python -m cbmir.run $(ARGS)
+
+# Offline by construction: no test may need the network.
+test: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,103 @@
+"""RetrievalEvaluator: after extraction, search the database for every query, score it and write the result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from cbmir import __version__
+from cbmir.metrics import retrieval_metrics
+from cbmir.search import search
+from cbmir.store import atomic_save_npy, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CellResult:
+    """Everything the evaluator needs to know about one cell; ``record`` fields go into result.json verbatim."""
+
+    out_dir: Path
+    embeddings: dict[str, Path]  # role -> .npy
+    labels: dict[str, np.ndarray]  # role -> (N, L)
+    k: int
+    metric: str
+    ties: str
+    standard_metrics: bool
+    record: dict[str, Any] = field(default_factory=dict)
+    search_backend: str = "auto"
+    started: float = field(default_factory=time.perf_counter)
+
+
+class RetrievalEvaluator(Callback):
+    """Builds the exact index, computes the metrics, writes ``result.json`` (last, atomically) and logs.
+
+    Triggered by ``on_predict_end`` on rank 0 once the writer has merged the embeddings,
+    or called directly through :meth:`evaluate` when every embedding came from the cache.
+    """
+
+    def __init__(self, cell: CellResult, loggers: list | None = None):
+        super().__init__()
+        self.cell = cell
+        self.loggers = loggers or []
+        self.extraction_seconds = 0.0
+        self._t0: float | None = None
+        self.result: dict[str, Any] | None = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self._t0 is not None:
+            self.extraction_seconds = time.perf_counter() - self._t0
+        if trainer.is_global_zero:
+            self.evaluate()
+
+    def evaluate(self) -> dict[str, Any]:
+        c = self.cell
+        database = np.load(c.embeddings["database"], mmap_mode="r")
+        queries = np.load(c.embeddings["query"], mmap_mode="r")
+        index_gb = database.nbytes / 1e9
+        log.info("searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric)
+        t0 = time.perf_counter()
+        distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
+        search_seconds = time.perf_counter() - t0
+        metrics = retrieval_metrics(
+            c.labels["query"], c.labels["database"], neighbors, k=c.k, ties=c.ties, standard=c.standard_metrics
+        )
+        c.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(c.out_dir / "neighbors.npy", neighbors)
+        atomic_save_npy(c.out_dir / "distances.npy", distances)
+        result = {
+            **c.record,
+            "k": c.k,
+            "metric": c.metric,
+            "n_queries": int(len(queries)),
+            "n_database": int(len(database)),
+            "embedding_dim": int(database.shape[1]),
+            "metrics": metrics,
+            "embeddings": {role: str(Path(p).resolve()) for role, p in c.embeddings.items()},
+            "seconds": {
+                "extraction": round(self.extraction_seconds, 3),
+                "search": round(search_seconds, 3),
+                "total": round(time.perf_counter() - c.started, 3),
+            },
+            "index_gb": round(index_gb, 4),
+            "cbmir_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(c.out_dir / "result.json", result)
+        for logger in self.loggers:
+            logger.log_metrics({**metrics, **{f"seconds/{k}": v for k, v in result["seconds"].items()}}, step=0)
+        self.result = result
+        summary = "  ".join(f"{name} {value:.2f}" for name, value in metrics.items())
+        log.info("%s: %s", c.out_dir, summary)
+        print(f"[cbmir] {c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')}: {summary}")
+        return result

@@ -1,0 +1,212 @@
+"""One cell = (protocol, dataset, size, model): validate, extract (or reuse), evaluate, write the result.
+
+A cell is idempotent: its result lives at a deterministic path, and a finished cell
+is skipped unless ``overwrite=true``, so a broken sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from cbmir import __version__
+from cbmir.callbacks import CellResult, RetrievalEvaluator
+from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_info, open_split
+from cbmir.errors import ConfigError, InvalidCellError
+from cbmir.loggers import close_loggers, make_loggers
+from cbmir.metrics import TIE_RULES
+from cbmir.search import METRICS
+from cbmir.store import EmbeddingWriter, cache_path, write_sidecar
+
+log = logging.getLogger(__name__)
+
+#: The ranking each named protocol uses; another metric makes a distinct protocol id (e.g. ``paper+cosine``).
+CANONICAL_METRIC = {"paper": "l2", "standard": "cosine"}
+
+
+def protocol_id(cfg: DictConfig) -> str:
+    name, metric = cfg.protocol.name, cfg.protocol.metric
+    return name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
+
+
+def cell_dir(cfg: DictConfig) -> Path:
+    """``<output_dir>/results/<protocol>/<dataset>/<size>/<model>/``: the result contract's folder."""
+    return Path(cfg.paths.output_dir) / "results" / protocol_id(cfg) / cfg.dataset.name / str(cfg.size) / cfg.model.name
+
+
+def cell_name(cfg: DictConfig) -> str:
+    return f"{protocol_id(cfg)}/{cfg.dataset.name}/{cfg.size}/{cfg.model.name}"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Everything that can be checked before a model is built or a file downloaded."""
+    sizes = list(cfg.dataset.sizes)
+    if cfg.size not in sizes:
+        raise InvalidCellError(f"dataset {cfg.dataset.name} has sizes {sizes}; size={cfg.size} is not one of them")
+    if cfg.protocol.metric not in METRICS:
+        raise ConfigError(f"protocol.metric must be one of {list(METRICS)}, got {cfg.protocol.metric!r}")
+    if cfg.protocol.vote_ties not in TIE_RULES:
+        raise ConfigError(f"protocol.vote_ties must be one of {list(TIE_RULES)}, got {cfg.protocol.vote_ties!r}")
+    n_database = int(medmnist_info(cfg.dataset.flag)["n_samples"][ROLE_SPLIT["database"]])
+    if not isinstance(cfg.k, int) or not 1 <= cfg.k <= n_database:
+        raise ConfigError(f"k={cfg.k} must be an integer between 1 and the database size ({n_database} for {cfg.dataset.name})")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be a non-negative integer, got {cfg.num_workers!r}")
+    from cbmir.models import families
+
+    if cfg.model.get("family") not in families():
+        raise ConfigError(f"model.family {cfg.model.get('family')!r} is not registered; known: {families()}")
+    if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
+        raise ConfigError(f"model.weights={cfg.model.weights} does not exist")
+
+
+def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str) -> dict[str, Any]:
+    """Everything the embeddings of one split depend on: the content key of the cache."""
+    fields = {
+        "model": cfg.model.name,
+        "backbone": identity,
+        "preprocess": preprocess,
+        "min_source_size": cfg.protocol.min_source_size,
+        "precision": cfg.precision,
+        "dataset": cfg.dataset.name,
+        "flag": cfg.dataset.flag,
+        "size": cfg.size,
+        "split": ROLE_SPLIT[role],
+    }
+    if identity.get("weights") == "random":
+        fields["seed"] = cfg.seed
+    return fields
+
+
+def make_loader(split, cfg: DictConfig) -> DataLoader:
+    return DataLoader(
+        ImageArrayDataset(split),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_batched,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, out_dir: Path) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=cfg.precision,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=True,
+        default_root_dir=str(out_dir),
+    )
+
+
+def _barrier() -> None:
+    """Keep the ranks of a torchrun launch in step between cells (decisions depend on files)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+
+
+def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
+    """Run one cell; return its result dict on rank 0 (``None`` on other ranks)."""
+    from cbmir.models import build_backbone
+
+    validate(cfg)
+    out = cell_dir(cfg)
+    result_file = out / "result.json"
+    if result_file.exists() and not cfg.overwrite:
+        print(f"[cbmir] {cell_name(cfg)}: finished already ({result_file}); overwrite=true recomputes it")
+        return json.loads(result_file.read_text())
+
+    t_start = time.perf_counter()
+    L.seed_everything(cfg.seed, verbose=False)
+    splits = {role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, split) for role, split in ROLE_SPLIT.items()}
+    backbone = build_backbone(cfg.model)
+    spec = backbone.preprocess.as_dict()
+    cache_root = Path(cfg.paths.output_dir) / "cache"
+    fields = {role: embedding_fields(cfg, backbone.identity, spec, role) for role in ROLE_SPLIT}
+    targets = {role: cache_path(cache_root, fields[role]) for role in ROLE_SPLIT}
+    todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and targets[role].exists())]
+    for role in ROLE_SPLIT:
+        if role not in todo:
+            print(f"[cbmir] {cell_name(cfg)}: {role} embeddings from cache ({targets[role]})")
+
+    record = {
+        "protocol": protocol_id(cfg),
+        "dataset": cfg.dataset.name,
+        "size": cfg.size,
+        "model": cfg.model.name,
+        "unit_norm": backbone.unit_norm,
+        "cached": {role: role not in todo for role in ROLE_SPLIT},
+        "precision": cfg.precision,
+        "versions": _versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    cell = CellResult(
+        out_dir=out,
+        embeddings=targets,
+        labels={role: splits[role].labels for role in ROLE_SPLIT},
+        k=cfg.k,
+        metric=cfg.protocol.metric,
+        ties=cfg.protocol.vote_ties,
+        standard_metrics=bool(cfg.protocol.standard_metrics),
+        record=record,
+        started=t_start,
+    )
+    loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
+    evaluator = RetrievalEvaluator(cell, loggers)
+    try:
+        if todo:
+            for role in todo:
+                targets[role].parent.mkdir(parents=True, exist_ok=True)
+            writer = EmbeddingWriter([targets[r] for r in todo], [len(splits[r]) for r in todo], backbone.dim)
+            trainer = build_trainer(cfg, [writer, evaluator], out)
+            from cbmir.extract import EmbeddingModule
+
+            module = EmbeddingModule(backbone, min_source_size=cfg.protocol.min_source_size)
+            record["device"] = str(trainer.strategy.root_device)
+            record["world_size"] = trainer.world_size
+            if trainer.is_global_zero:
+                for role in todo:
+                    write_sidecar(targets[role], fields[role])
+            trainer.predict(module, dataloaders=[make_loader(splits[r], cfg) for r in todo], return_predictions=False)
+        else:
+            evaluator.evaluate()
+        return evaluator.result
+    finally:
+        close_loggers(loggers)
+        _barrier()
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    versions = {"cbmir": __version__, "torch": torch.__version__, "timm": timm.__version__, "lightning": L.__version__}
+    try:
+        import faiss
+
+        versions["faiss"] = faiss.__version__
+    except ImportError:
+        pass
+    return versions

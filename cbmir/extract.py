@@ -1,0 +1,87 @@
+"""Embedding extraction: device-side preprocessing and the inference-only LightningModule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from cbmir.models.registry import Backbone, Preprocess
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    kwargs = {"align_corners": False, "antialias": shrinking} if mode != "nearest" else {}
+    # Pixel values stay in [0, 255] as with PIL on uint8 images (bicubic overshoots otherwise).
+    return F.interpolate(x, size=size, mode=mode, **kwargs).clamp_(0, 255)
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def _pad_center(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Paste centred on a black ``side``² canvas (PIL ``paste`` offsets: floor of half the margin)."""
+    h, w = x.shape[-2:]
+    top, left = (side - h) // 2, (side - w) // 2
+    return F.pad(x, (left, side - w - left, top, side - h - top))
+
+
+def to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` to float ``(N, C, H, W)`` in 0–255."""
+    x = images.float()
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def preprocess(images: torch.Tensor, spec: Preprocess, *, min_source_size: int | None = None) -> torch.Tensor:
+    """uint8 batch → normalised float NCHW input of the backbone, on ``images.device``.
+
+    ``min_source_size`` is the protocol's source upsampling (the study: 28 → 32 px, bilinear).
+    """
+    x = to_nchw(images)
+    if spec.grayscale and x.shape[1] == 3:
+        x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if min_source_size and x.shape[-1] < min_source_size:
+        x = _resize(x, (min_source_size, min_source_size), "bilinear")
+    h, w = x.shape[-2:]
+    if spec.input_size is None:
+        x = _resize(x, (max(spec.min_size, h), max(spec.min_size, w)), spec.interpolation)
+    elif spec.resize == "resize":
+        x = _resize(x, (spec.input_size, spec.input_size), spec.interpolation)
+    elif spec.resize == "resize_crop":
+        short = min(h, w)
+        size = (round(h * spec.input_size / short), round(w * spec.input_size / short))
+        x = _center_crop(_resize(x, size, spec.interpolation), spec.input_size)
+    else:  # pad
+        x = _pad_center(x, max(spec.input_size, h, w))
+        x = _center_crop(_resize(x, (spec.input_size,) * 2, spec.interpolation), spec.input_size)
+    mean = x.new_tensor(spec.mean).view(1, -1, 1, 1) * 255.0
+    std = x.new_tensor(spec.std).view(1, -1, 1, 1) * 255.0
+    x = (x - mean) / std
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class EmbeddingModule(L.LightningModule):
+    """Inference-only: ``predict_step`` turns a uint8 batch into ``(index, embedding)``."""
+
+    def __init__(self, backbone: Backbone, *, min_source_size: int | None = None):
+        super().__init__()
+        self.backbone = backbone.net
+        self.spec = backbone.preprocess
+        self.min_source_size = min_source_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = preprocess(images, self.spec, min_source_size=self.min_source_size)
+        if x.device.type == "cuda" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x).float()
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        index, images, _labels = batch
+        return {"index": index, "embedding": self(images)}

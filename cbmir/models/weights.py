@@ -1,0 +1,118 @@
+"""Weights from the hub or from local files, loaded strictly, with errors that say what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from cbmir.errors import WeightsError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def file_identity(path: str | Path) -> str:
+    """A cheap, content-sensitive id of a weights file: size plus hashes of its head and tail.
+
+    Hashing multi-GB checkpoints on every run would cost more than the runs it keys.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as fh:
+        digest.update(fh.read(1 << 20))
+        if size > 1 << 20:
+            fh.seek(max(size - (1 << 20), 0))
+            digest.update(fh.read(1 << 20))
+    return f"{p.name}:{size}:{digest.hexdigest()[:16]}"
+
+
+def resolve_weights_file(weights: str | os.PathLike, candidates: tuple[str, ...] = ()) -> Path:
+    """``model.weights`` may be a file or a folder holding one of ``candidates`` (the hub's file names)."""
+    p = Path(weights).expanduser()
+    if p.is_dir():
+        for name in candidates:
+            if (p / name).is_file():
+                return p / name
+        found = sorted(q.name for q in p.iterdir() if q.suffix in WEIGHT_SUFFIXES)
+        if len(found) == 1:
+            return p / found[0]
+        raise WeightsError(
+            f"model.weights={p} is a folder; expected one of {list(candidates) or list(WEIGHT_SUFFIXES)} in it, found {found}"
+        )
+    if not p.is_file():
+        raise WeightsError(f"model.weights={p} does not exist")
+    return p
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint, safely: safetensors, or a torch pickle with ``weights_only=True``.
+
+    Unwraps ``state_dict``/``model`` wrappers and a DDP ``module.`` prefix, as upstream loaders do.
+    """
+    p = Path(path)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(p), device="cpu")
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {p}: {exc}") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = sd[wrapper]
+    if not isinstance(sd, Mapping):
+        raise WeightsError(f"{p} holds a {type(sd).__name__}, not a state dict")
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that lists what did not match."""
+    result = module.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        def head(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" … (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        raise WeightsError(
+            f"{source} does not match the architecture: "
+            f"{len(result.missing_keys)} missing keys [{head(result.missing_keys)}], "
+            f"{len(result.unexpected_keys)} unexpected keys [{head(result.unexpected_keys)}]. "
+            "Check that the file is the model's official checkpoint."
+        )
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str, *, model: str, gated: bool = False) -> Iterator[None]:
+    """Turn the hub's exceptions into one message that says what happened and what to do."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except Exception as exc:
+        name = type(exc).__name__
+        page = f"https://huggingface.co/{repo}"
+        local = f"or download the weights elsewhere and pass model.weights=/path/to/file (model {model})"
+        if name in ("GatedRepoError",) or (gated and "401" in str(exc)) or "403" in str(exc):
+            msg = (
+                f"{repo} is gated and this account has no access: request access at {page}, "
+                f"then set HF_TOKEN (or run `hf auth login`), {local}."
+            )
+        elif name in ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError"):
+            msg = f"{repo} was not found on the hub ({exc}); for a gated repository set HF_TOKEN, {local}."
+        elif name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or os.environ.get("HF_HUB_OFFLINE") == "1" or isinstance(
+            exc, (ConnectionError, OSError, TimeoutError)
+        ):
+            msg = (
+                f"the weights of {repo} are not in the local hub cache and the hub cannot be reached "
+                f"({name}); connect once to fill the cache, {local}."
+            )
+        else:
+            raise
+        raise WeightsError(msg) from exc
