@@ -142,6 +142,8 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     t_start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     splits = {role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, split) for role, split in ROLE_SPLIT.items()}
+    if cfg.k > len(splits["database"]):
+        raise ConfigError(f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px")
     backbone = build_backbone(cfg.model)
     spec = backbone.preprocess.as_dict()
     cache_root = Path(cfg.paths.output_dir) / "cache"

@@ -18,7 +18,7 @@ def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None
     if lcfg.get("csv", {}).get("enabled", False):
         from lightning.pytorch.loggers import CSVLogger
 
-        csv = CSVLogger(save_dir=str(out_dir), name="", version="")
+        csv = CSVLogger(save_dir=str(out_dir), name="logs", version="")
         csv.log_hyperparams(_flat_config(cfg))
         loggers.append(csv)
     wcfg = lcfg.get("wandb", {})

@@ -96,23 +96,21 @@ def hub_errors(repo: str, *, model: str, gated: bool = False) -> Iterator[None]:
     except WeightsError:
         raise
     except Exception as exc:
-        name = type(exc).__name__
+        names = {cls.__name__ for cls in type(exc).__mro__}
         page = f"https://huggingface.co/{repo}"
         local = f"or download the weights elsewhere and pass model.weights=/path/to/file (model {model})"
-        if name in ("GatedRepoError",) or (gated and "401" in str(exc)) or "403" in str(exc):
+        if "GatedRepoError" in names or (gated and "401" in str(exc)):
             msg = (
                 f"{repo} is gated and this account has no access: request access at {page}, "
                 f"then set HF_TOKEN (or run `hf auth login`), {local}."
             )
-        elif name in ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError"):
-            msg = f"{repo} was not found on the hub ({exc}); for a gated repository set HF_TOKEN, {local}."
-        elif name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or os.environ.get("HF_HUB_OFFLINE") == "1" or isinstance(
-            exc, (ConnectionError, OSError, TimeoutError)
-        ):
+        elif names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"} or isinstance(exc, (ConnectionError, TimeoutError)):
             msg = (
                 f"the weights of {repo} are not in the local hub cache and the hub cannot be reached "
-                f"({name}); connect once to fill the cache, {local}."
+                f"({type(exc).__name__}); connect once to fill the cache, {local}."
             )
+        elif names & {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError"}:
+            msg = f"{repo} was not found on the hub ({exc}); for a gated repository set HF_TOKEN, {local}."
         else:
             raise
         raise WeightsError(msg) from exc

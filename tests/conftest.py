@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny MedMNIST-format files, composed configs, and a tiny CNN for plumbing tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# The suite never touches the network; these must hold before any hub or W&B import (the Makefile sets them too).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from medmnist_fixtures import write_medmnist  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+#: timm's 0.4 M-parameter test ResNet (96-d): real CNN code paths at a fraction of the cost.
+TINY_CNN = ["model.arch=test_resnet.r160_in1k", "model.dim=96", "model.name=tiny_resnet"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Small files under real MedMNIST flags: gray 2-class, RGB 4-class and multi-label."""
+    root = tmp_path_factory.mktemp("medmnist")
+    write_medmnist(root, "breastmnist", 28, n_classes=2, seed=1)
+    write_medmnist(root, "breastmnist", 64, n_classes=2, seed=2)
+    write_medmnist(root, "bloodmnist", 28, n_classes=4, rgb=True, seed=3)
+    write_medmnist(root, "bloodmnist", 64, n_classes=4, rgb=True, seed=4)
+    write_medmnist(root, "chestmnist", 28, n_classes=4, multilabel=14, seed=5)
+    return root
+
+
+def base_overrides(data_dir: Path, out_dir: Path, *, tiny: bool = True) -> list[str]:
+    return [
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={out_dir}",
+        "dataset.verify_md5=false",
+        "dataset.download=false",
+        "model.pretrained=false",
+        "num_workers=0",
+        "batch_size=8",
+        "logger=csv",
+        *(TINY_CNN if tiny else []),
+    ]
+
+
+@pytest.fixture
+def compose():
+    """Compose the real config tree with overrides, as the command line would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    def _compose(overrides: list[str]):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+
+    return _compose
+
+
+@pytest.fixture
+def cell_cfg(compose, data_dir, tmp_path):
+    """A config for one tiny cell in this test's own output folder."""
+
+    def _cfg(*extra: str, tiny: bool = True):
+        return compose(base_overrides(data_dir, tmp_path / "out", tiny=tiny) + list(extra))
+
+    return _cfg
+
+
+def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 300):
+    """``python -m cbmir.run ARGS`` (or under ``launcher``, e.g. torchrun) in a fresh, offline process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = (launcher or [sys.executable]) + ["-m", "cbmir.run", *args]
+    return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
