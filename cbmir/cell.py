@@ -38,13 +38,24 @@ def protocol_id(cfg: DictConfig) -> str:
     return name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
 
 
+def dataset_id(cfg: DictConfig) -> str:
+    """The dataset's name, plus the 3D options where they differ from the study's (e.g. ``synapsemnist3d+tri-mean``)."""
+    options = []
+    if cfg.dataset.get("dims", 2) == 3:
+        if cfg.dataset.get("planes", "axial") != "axial":
+            options.append(cfg.dataset.planes)
+        if cfg.dataset.get("aggregate", "concat") != "concat":
+            options.append(cfg.dataset.aggregate)
+    return cfg.dataset.name + ("+" + "-".join(options) if options else "")
+
+
 def cell_dir(cfg: DictConfig) -> Path:
     """``<output_dir>/results/<protocol>/<dataset>/<size>/<model>/``: the result contract's folder."""
-    return Path(cfg.paths.output_dir) / "results" / protocol_id(cfg) / cfg.dataset.name / str(cfg.size) / cfg.model.name
+    return Path(cfg.paths.output_dir) / "results" / protocol_id(cfg) / dataset_id(cfg) / str(cfg.size) / cfg.model.name
 
 
 def cell_name(cfg: DictConfig) -> str:
-    return f"{protocol_id(cfg)}/{cfg.dataset.name}/{cfg.size}/{cfg.model.name}"
+    return f"{protocol_id(cfg)}/{dataset_id(cfg)}/{cfg.size}/{cfg.model.name}"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -67,8 +78,27 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.model.get("family") not in families():
         raise ConfigError(f"model.family {cfg.model.get('family')!r} is not registered; known: {families()}")
+    if not isinstance(cfg.max_forward_batch, int) or cfg.max_forward_batch < 1:
+        raise ConfigError(f"max_forward_batch must be a positive integer, got {cfg.max_forward_batch!r}")
+    volume_spec(cfg)
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
         raise ConfigError(f"model.weights={cfg.model.weights} does not exist")
+
+
+def volume_spec(cfg: DictConfig):
+    """The 3D handling of a volume dataset (``None`` for 2D), validated."""
+    if cfg.dataset.get("dims", 2) != 3:
+        return None
+    from cbmir.extract import VolumeSpec
+
+    return VolumeSpec(aggregate=cfg.dataset.get("aggregate", "concat"), planes=cfg.dataset.get("planes", "axial"))
+
+
+def volume_side(cfg: DictConfig) -> int | None:
+    """Edge of the resampled cube: the cell's size, raised to the protocol's minimum (28 → 32, as the study)."""
+    if cfg.dataset.get("dims", 2) != 3:
+        return None
+    return max(cfg.size, cfg.protocol.min_source_size or 0)
 
 
 def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str) -> dict[str, Any]:
@@ -84,6 +114,11 @@ def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict
         "size": cfg.size,
         "split": ROLE_SPLIT[role],
     }
+    volume = volume_spec(cfg)
+    if volume is not None:
+        # the resampling method is versioned: change it and every 3D cache entry changes
+        fields["volume"] = {"aggregate": volume.aggregate, "planes": volume.planes, "side": volume_side(cfg),
+                            "resample": "spline3-axis0+bicubic2d, clipped, v1"}
     if identity.get("weights") == "random":
         fields["seed"] = cfg.seed
     return fields
@@ -141,7 +176,11 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
 
     t_start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
-    splits = {role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, split) for role, split in ROLE_SPLIT.items()}
+    side, volume = volume_side(cfg), volume_spec(cfg)
+    splits = {
+        role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, split, volume_side=side)
+        for role, split in ROLE_SPLIT.items()
+    }
     if cfg.k > len(splits["database"]):
         raise ConfigError(f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px")
     backbone = build_backbone(cfg.model)
@@ -156,7 +195,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
 
     record = {
         "protocol": protocol_id(cfg),
-        "dataset": cfg.dataset.name,
+        "dataset": dataset_id(cfg),
         "size": cfg.size,
         "model": cfg.model.name,
         "unit_norm": backbone.unit_norm,
@@ -165,6 +204,8 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         "versions": _versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if volume is not None:
+        record["volume"] = fields["database"]["volume"]
     cell = CellResult(
         out_dir=out,
         embeddings=targets,
@@ -182,11 +223,17 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         if todo:
             for role in todo:
                 targets[role].parent.mkdir(parents=True, exist_ok=True)
-            writer = EmbeddingWriter([targets[r] for r in todo], [len(splits[r]) for r in todo], backbone.dim)
+            dim = volume.embedding_dim(backbone.dim, side) if volume else backbone.dim
+            writer = EmbeddingWriter([targets[r] for r in todo], [len(splits[r]) for r in todo], dim)
             trainer = build_trainer(cfg, [writer, evaluator], out)
             from cbmir.extract import EmbeddingModule
 
-            module = EmbeddingModule(backbone, min_source_size=cfg.protocol.min_source_size)
+            module = EmbeddingModule(
+                backbone,
+                min_source_size=None if volume else cfg.protocol.min_source_size,
+                volume=volume,
+                max_forward_batch=cfg.max_forward_batch,
+            )
             record["device"] = str(trainer.strategy.root_device)
             record["world_size"] = trainer.world_size
             if trainer.is_global_zero:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from cbmir.errors import ConfigError
 from cbmir.models.registry import Backbone, Preprocess
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
@@ -67,20 +70,80 @@ def preprocess(images: torch.Tensor, spec: Preprocess, *, min_source_size: int |
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-class EmbeddingModule(L.LightningModule):
-    """Inference-only: ``predict_step`` turns a uint8 batch into ``(index, embedding)``."""
+AGGREGATES = ("concat", "mean", "max")
+PLANES = ("axial", "tri")
 
-    def __init__(self, backbone: Backbone, *, min_source_size: int | None = None):
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """How a 3D volume goes through a 2D backbone: slicing planes and slice aggregation.
+
+    ``axial`` slices along the first array axis only (the study); ``tri`` along all three
+    axes. ``concat`` joins the slice embeddings in slice order (and plane order), ``mean``
+    and ``max`` pool them into one d-dimensional, order-free embedding.
+    """
+
+    aggregate: str = "concat"
+    planes: str = "axial"
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"dataset.aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.planes not in PLANES:
+            raise ConfigError(f"dataset.planes must be one of {PLANES}, got {self.planes!r}")
+
+    def embedding_dim(self, d: int, side: int) -> int:
+        slices = side * (3 if self.planes == "tri" else 1)
+        return slices * d if self.aggregate == "concat" else d
+
+
+def volume_slices(volumes: torch.Tensor, planes: str) -> torch.Tensor:
+    """``(B, D, H, W)`` → ``(B, S, h, w)`` slices: the first axis, or all three (cubic volumes)."""
+    if planes == "axial":
+        return volumes
+    return torch.cat([volumes, volumes.permute(0, 2, 1, 3), volumes.permute(0, 3, 1, 2)], dim=1)
+
+
+class EmbeddingModule(L.LightningModule):
+    """Inference-only: ``predict_step`` turns a uint8 batch into ``(index, embedding)``.
+
+    Volumes (with a ``volume`` spec) become one batch of slices, embedded in chunks of at
+    most ``max_forward_batch`` images, and are reassembled per volume on the device.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        min_source_size: int | None = None,
+        volume: VolumeSpec | None = None,
+        max_forward_batch: int = 512,
+    ):
         super().__init__()
         self.backbone = backbone.net
         self.spec = backbone.preprocess
         self.min_source_size = min_source_size
+        self.volume = volume
+        self.max_forward_batch = max_forward_batch
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start in range(0, len(images), self.max_forward_batch):
+            x = preprocess(images[start : start + self.max_forward_batch], self.spec, min_source_size=self.min_source_size)
+            if x.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            outs.append(self.backbone(x).float())
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = preprocess(images, self.spec, min_source_size=self.min_source_size)
-        if x.device.type == "cuda" and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).float()
+        if self.volume is None:
+            return self.embed_images(images)
+        slices = volume_slices(images, self.volume.planes)  # (B, S, h, w)
+        b, s = slices.shape[:2]
+        emb = self.embed_images(slices.reshape(b * s, *slices.shape[2:])).view(b, s, -1)
+        if self.volume.aggregate == "concat":
+            return emb.reshape(b, -1)
+        return emb.mean(1) if self.volume.aggregate == "mean" else emb.amax(1)
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
         index, images, _labels = batch

@@ -25,13 +25,17 @@ TINY_CNN = ["model.arch=test_resnet.r160_in1k", "model.dim=96", "model.name=tiny
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """Small files under real MedMNIST flags: gray 2-class, RGB 4-class and multi-label."""
+    """Small files under real MedMNIST flags: gray 2-class, RGB 4-class, multi-label and 3D."""
     root = tmp_path_factory.mktemp("medmnist")
     write_medmnist(root, "breastmnist", 28, n_classes=2, seed=1)
     write_medmnist(root, "breastmnist", 64, n_classes=2, seed=2)
     write_medmnist(root, "bloodmnist", 28, n_classes=4, rgb=True, seed=3)
     write_medmnist(root, "bloodmnist", 64, n_classes=4, rgb=True, seed=4)
+    write_medmnist(root, "bloodmnist", 128, n_classes=4, rgb=True, seed=6)
     write_medmnist(root, "chestmnist", 28, n_classes=4, multilabel=14, seed=5)
+    small = {"train": 12, "val": 2, "test": 6}
+    write_medmnist(root, "adrenalmnist3d", 28, n_classes=2, depth=28, n=small, seed=7)
+    write_medmnist(root, "adrenalmnist3d", 64, n_classes=2, depth=64, n=small, seed=8)
     return root
 
 

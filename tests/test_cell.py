@@ -131,3 +131,22 @@ def test_wandb_offline_run_per_cell(cell_cfg, tmp_path):
     assert wandb.run is None  # finished after the cell
     runs = list((Path(result["config"]["paths"]["output_dir"]) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize(
+    "options,folder,dim",
+    [((), "adrenalmnist3d", 32 * 96), (("dataset.aggregate=mean",), "adrenalmnist3d+mean", 96),
+     (("dataset.planes=tri", "dataset.aggregate=max"), "adrenalmnist3d+tri-max", 96)],
+)
+def test_3d_cells(cell_cfg, options, folder, dim):
+    cfg = cell_cfg("dataset=adrenalmnist3d", "batch_size=4", *options)
+    result = run_cell(cfg)
+    assert cell_dir(cfg).parts[-3] == folder and result["dataset"] == folder
+    # size 28 runs at 32³ as in the study: concat is 32 slices × d
+    assert result["embedding_dim"] == dim and result["volume"]["side"] == 32
+    assert np.load(result["embeddings"]["database"]).shape == (12, dim)
+
+
+def test_3d_size_128_is_invalid(cell_cfg):
+    with pytest.raises(InvalidCellError, match=r"adrenalmnist3d has sizes \[28, 64\]"):
+        run_cell(cell_cfg("dataset=adrenalmnist3d", "size=128"))

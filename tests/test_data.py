@@ -129,3 +129,45 @@ def test_truncated_zip_is_corrupt(tmp_path):
     npz.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match="corrupt"):
         split_arrays(npz)
+
+
+# --- 3D resampling --------------------------------------------------------------------------
+
+
+def test_volume_resize_28_to_32_keeps_constant_and_linear_content():
+    from cbmir.data import resize_volumes
+
+    const = np.full((2, 28, 28, 28), 77, np.uint8)
+    out = resize_volumes(const, 32)
+    assert out.shape == (2, 32, 32, 32) and out.dtype == np.uint8 and np.all(out == 77)
+    ramp = np.broadcast_to((np.arange(28) * 9)[None, :, None, None], (1, 28, 28, 28)).astype(np.uint8)
+    out = resize_volumes(ramp, 32)
+    # the first axis is resampled by a cubic spline, which reproduces a linear ramp exactly
+    expected = np.arange(32) * 9 * 27 / 31
+    np.testing.assert_allclose(out[0, :, 10, 10], np.floor(expected + 1e-4), atol=1)
+
+
+def test_volume_resize_clips_overshoot_instead_of_wrapping():
+    from scipy.ndimage import zoom
+
+    from cbmir.data import resize_volumes
+
+    step = np.zeros((1, 28, 28, 28), np.uint8)
+    step[:, 14:] = 255  # a sharp edge: the cubic spline overshoots on both sides
+    raw = zoom(step.astype(np.float32), (1, 32 / 28, 1, 1), order=3)
+    assert raw.max() > 255.5 and raw.min() < -0.5  # the study's cast would wrap these around
+    out = resize_volumes(step, 32)
+    assert np.all(out[raw[..., :1, :1].repeat(32, -2).repeat(32, -1) > 255] == 255)
+    assert np.all(out[raw[..., :1, :1].repeat(32, -2).repeat(32, -1) < 0] == 0)
+
+
+def test_resized_volumes_are_cached_once(tmp_path):
+    cfg = _Dataset(flag="adrenalmnist3d", download=False, verify_md5=False)
+    write_medmnist(tmp_path, "adrenalmnist3d", 28, depth=28, n={"train": 3, "val": 1, "test": 2})
+    split = open_split(cfg, 28, tmp_path, "train", volume_side=32)
+    assert split.images.shape == (3, 32, 32, 32) and isinstance(split.images, np.memmap)
+    cached = tmp_path / "adrenalmnist3d" / "train_images_32.npy"
+    mtime = cached.stat().st_mtime_ns
+    open_split(cfg, 28, tmp_path, "train", volume_side=32)
+    assert cached.stat().st_mtime_ns == mtime
+    assert open_split(cfg, 28, tmp_path, "train").images.shape == (3, 28, 28, 28)

@@ -92,3 +92,82 @@ def test_bad_spec_is_rejected():
         Preprocess(resize="stretch")
     with pytest.raises(ValueError, match="mean/std"):
         Preprocess(grayscale=True)
+
+
+# --- 3D: volumes through 2D backbones -------------------------------------------------------
+
+from cbmir.errors import ConfigError  # noqa: E402
+from cbmir.extract import VolumeSpec, volume_slices  # noqa: E402
+
+
+class SliceNet(torch.nn.Module):
+    """A tiny backbone whose embedding depends on every pixel, so slice order and content matter."""
+
+    def __init__(self, d=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, d, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def volume_module(aggregate="concat", planes="axial", max_forward_batch=7):
+    bb = Backbone(net=SliceNet().eval(), preprocess=Preprocess(), dim=4, unit_norm=False)
+    return EmbeddingModule(bb, volume=VolumeSpec(aggregate, planes), max_forward_batch=max_forward_batch)
+
+
+def volumes(n=3, side=8, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, side, side, side), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    "aggregate,planes,dim",
+    [("concat", "axial", 8 * 4), ("concat", "tri", 3 * 8 * 4), ("mean", "axial", 4), ("max", "tri", 4)],
+)
+def test_volume_embedding_dims(aggregate, planes, dim):
+    assert VolumeSpec(aggregate, planes).embedding_dim(4, 8) == dim
+    with torch.no_grad():
+        assert volume_module(aggregate, planes)(volumes()).shape == (3, dim)
+
+
+def test_batched_slices_equal_one_slice_per_forward():
+    module = volume_module("concat", "tri", max_forward_batch=7)  # 72 slices -> 11 chunks
+    vols = volumes()
+    with torch.no_grad():
+        batched = module(vols)
+        reference = torch.stack([
+            torch.cat([module.embed_images(s[None]) [0] for s in volume_slices(v[None], "tri")[0]])
+            for v in vols
+        ])
+    torch.testing.assert_close(batched, reference)
+
+
+def test_mean_and_max_pool_the_slice_embeddings():
+    vols = volumes()
+    with torch.no_grad():
+        per_slice = volume_module("concat")(vols).view(3, 8, 4)
+        torch.testing.assert_close(volume_module("mean")(vols), per_slice.mean(1))
+        torch.testing.assert_close(volume_module("max")(vols), per_slice.amax(1))
+
+
+def test_slice_order_matters_only_for_concat():
+    vols = volumes()
+    flipped = vols.flip(1)
+    with torch.no_grad():
+        assert not torch.allclose(volume_module("concat")(vols), volume_module("concat")(flipped))
+        torch.testing.assert_close(volume_module("mean")(vols), volume_module("mean")(flipped))
+
+
+def test_tri_planes_slice_all_three_axes():
+    v = torch.arange(2 * 3 * 3 * 3).reshape(2, 3, 3, 3)
+    s = volume_slices(v, "tri")
+    assert s.shape == (2, 9, 3, 3)
+    assert torch.equal(s[:, 0], v[:, 0]) and torch.equal(s[:, 3], v[:, :, 0]) and torch.equal(s[:, 6], v[:, :, :, 0])
+
+
+def test_bad_volume_options():
+    with pytest.raises(ConfigError, match="aggregate"):
+        VolumeSpec("sum")
+    with pytest.raises(ConfigError, match="planes"):
+        VolumeSpec("mean", "coronal")

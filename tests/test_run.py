@@ -73,7 +73,7 @@ def test_ddp_two_processes_equal_single_process(data_dir, tmp_path):
     """The documented launch: torchrun starts the processes, Lightning only joins them (gloo on CPU)."""
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
     single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
-    common = ["dataset=bloodmnist", "size=28,64", "batch_size=5"]  # 5 does not divide 24 or 12
+    common = ["dataset=bloodmnist,adrenalmnist3d", "batch_size=5"]  # 5 does not divide 24, 12 or 6
     single = run_cli("-m", *base_overrides(data_dir, single_out), *common)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_cli(
@@ -90,3 +90,17 @@ def test_ddp_two_processes_equal_single_process(data_dir, tmp_path):
             np.testing.assert_allclose(np.load(a[key]["embeddings"][role]), np.load(b[key]["embeddings"][role]), rtol=1e-5, atol=1e-6)
         cell = Path(key[0], key[1], str(key[2]), key[3])
         np.testing.assert_array_equal(np.load(single_out / "results" / cell / "neighbors.npy"), np.load(ddp_out / "results" / cell / "neighbors.npy"))
+
+
+def test_3d_size_validation_in_a_run_and_in_a_sweep(data_dir, tmp_path):
+    out = tmp_path / "out"
+    single = run_cli(*base_overrides(data_dir, out), "dataset=adrenalmnist3d", "size=224")
+    assert single.returncode == 2 and "adrenalmnist3d has sizes [28, 64]" in single.stderr
+    sweep = run_cli("-m", *base_overrides(data_dir, out), "dataset=bloodmnist,adrenalmnist3d", "size=64,128", "batch_size=4")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert set(results(out)) == {
+        ("paper", "bloodmnist", 64, "tiny_resnet"), ("paper", "bloodmnist", 128, "tiny_resnet"),
+        ("paper", "adrenalmnist3d", 64, "tiny_resnet"),
+    }
+    assert "sweep: 3 cells ok, 1 skipped, 0 failed" in sweep.stdout
+    assert "skipped paper/adrenalmnist3d/128/tiny_resnet: dataset adrenalmnist3d has sizes [28, 64]" in sweep.stdout
