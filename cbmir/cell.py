@@ -108,7 +108,7 @@ def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict
         "backbone": identity,
         "preprocess": preprocess,
         "min_source_size": cfg.protocol.min_source_size,
-        "precision": cfg.precision,
+        "precision": resolve_precision(cfg),
         "dataset": cfg.dataset.name,
         "flag": cfg.dataset.flag,
         "size": cfg.size,
@@ -136,6 +136,14 @@ def make_loader(split, cfg: DictConfig) -> DataLoader:
     )
 
 
+def resolve_precision(cfg: DictConfig) -> str:
+    """``auto``: bf16 autocast where a GPU runs the cell, full fp32 on CPU."""
+    if cfg.precision != "auto":
+        return str(cfg.precision)
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, out_dir: Path) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
@@ -143,7 +151,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, out_dir: Path) -> L.Trainer:
         devices=t.devices,
         strategy=t.strategy,
         num_nodes=t.num_nodes,
-        precision=cfg.precision,
+        precision=resolve_precision(cfg),
         logger=False,
         callbacks=callbacks,
         enable_checkpointing=False,
@@ -200,7 +208,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         "model": cfg.model.name,
         "unit_norm": backbone.unit_norm,
         "cached": {role: role not in todo for role in ROLE_SPLIT},
-        "precision": cfg.precision,
+        "precision": resolve_precision(cfg),
         "versions": _versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -234,6 +242,8 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
                 volume=volume,
                 max_forward_batch=cfg.max_forward_batch,
             )
+            if cfg.compile:
+                module.backbone = torch.compile(module.backbone)
             record["device"] = str(trainer.strategy.root_device)
             record["world_size"] = trainer.world_size
             if trainer.is_global_zero:

@@ -150,3 +150,22 @@ def test_3d_cells(cell_cfg, options, folder, dim):
 def test_3d_size_128_is_invalid(cell_cfg):
     with pytest.raises(InvalidCellError, match=r"adrenalmnist3d has sizes \[28, 64\]"):
         run_cell(cell_cfg("dataset=adrenalmnist3d", "size=128"))
+
+
+def test_bf16_autocast_agrees_with_fp32(cell_cfg):
+    from cbmir.search import l2_normalize
+
+    fp32 = run_cell(cell_cfg("dataset=bloodmnist", "precision=32-true"))
+    bf16 = run_cell(cell_cfg("dataset=bloodmnist", "precision=bf16-mixed", "protocol.metric=cosine"))
+    assert fp32["precision"] == "32-true" and bf16["precision"] == "bf16-mixed"
+    assert bf16["embeddings"] != fp32["embeddings"]  # precision is part of the cache key
+    for role in ("database", "query"):
+        a, b = (l2_normalize(np.load(r["embeddings"][role])) for r in (fp32, bf16))
+        assert (a * b).sum(1).min() >= 0.999
+
+
+def test_precision_auto_is_fp32_on_cpu(cell_cfg):
+    from cbmir.cell import resolve_precision
+
+    assert resolve_precision(cell_cfg()) == "32-true"
+    assert resolve_precision(cell_cfg("trainer=gpu")) == "bf16-mixed"
