@@ -232,6 +232,22 @@ class ImageArrayDataset(Dataset):
     def __init__(self, split: Split):
         self.split = split
 
+    def __getstate__(self) -> dict:
+        # Worker processes started by spawn/forkserver re-open the memory map instead of
+        # receiving a pickled copy of every pixel.
+        sp, images = self.split, self.split.images
+        if isinstance(images, np.memmap) and images.filename:
+            images = ("memmap", images.filename, images.offset, images.dtype.str, images.shape)
+        return {"fields": (sp.flag, sp.size, sp.split, sp.labels), "images": images}
+
+    def __setstate__(self, state: dict) -> None:
+        images = state["images"]
+        if isinstance(images, tuple) and images[0] == "memmap":
+            _, filename, offset, dtype, shape = images
+            images = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+        flag, size, split, labels = state["fields"]
+        self.split = Split(flag, size, split, images, labels)
+
     def __len__(self) -> int:
         return len(self.split)
 

@@ -169,3 +169,10 @@ def test_precision_auto_is_fp32_on_cpu(cell_cfg):
 
     assert resolve_precision(cell_cfg()) == "32-true"
     assert resolve_precision(cell_cfg("trainer=gpu")) == "bf16-mixed"
+
+
+def test_worker_processes_give_the_same_embeddings(cell_cfg):
+    inline = run_cell(cell_cfg("dataset=bloodmnist"))
+    workers = run_cell(cell_cfg("dataset=bloodmnist", "num_workers=2", "protocol.metric=cosine", "use_cache=false"))
+    for role in ("database", "query"):
+        np.testing.assert_array_equal(np.load(inline["embeddings"][role]), np.load(workers["embeddings"][role]))

@@ -171,3 +171,15 @@ def test_resized_volumes_are_cached_once(tmp_path):
     open_split(cfg, 28, tmp_path, "train", volume_side=32)
     assert cached.stat().st_mtime_ns == mtime
     assert open_split(cfg, 28, tmp_path, "train").images.shape == (3, 28, 28, 28)
+
+
+def test_dataset_pickles_a_memory_map_by_reference(tmp_path):
+    import pickle
+
+    write_medmnist(tmp_path, "bloodmnist", 28, rgb=True)
+    ds = ImageArrayDataset(open_split(_Dataset(flag="bloodmnist", download=False, verify_md5=False), 28, tmp_path, "train"))
+    blob = pickle.dumps(ds)
+    assert len(blob) < ds.split.images.nbytes / 4  # the pixels stay on disk
+    clone = pickle.loads(blob)
+    assert isinstance(clone.split.images, np.memmap)
+    np.testing.assert_array_equal(clone.__getitems__([3, 5])[1], ds.__getitems__([3, 5])[1])
