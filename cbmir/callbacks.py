@@ -13,7 +13,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from cbmir import __version__
-from cbmir.metrics import retrieval_metrics
+from cbmir.metrics import relevance, retrieval_metrics
 from cbmir.search import search
 from cbmir.store import atomic_save_npy, atomic_write_json
 
@@ -32,6 +32,9 @@ class CellResult:
     ties: str
     standard_metrics: bool
     record: dict[str, Any] = field(default_factory=dict)
+    #: uint8 images by role, for the gallery (memory-mapped; only the shown ones are read); None = no gallery
+    images: dict[str, np.ndarray] | None = None
+    class_names: dict[str, str] | None = None
     search_backend: str = "auto"
     started: float = field(default_factory=time.perf_counter)
 
@@ -75,6 +78,7 @@ class RetrievalEvaluator(Callback):
         c.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_save_npy(c.out_dir / "neighbors.npy", neighbors)
         atomic_save_npy(c.out_dir / "distances.npy", distances)
+        gallery = self.render_gallery(neighbors) if c.images is not None else None
         result = {
             **c.record,
             "k": c.k,
@@ -96,8 +100,22 @@ class RetrievalEvaluator(Callback):
         atomic_write_json(c.out_dir / "result.json", result)
         for logger in self.loggers:
             logger.log_metrics({**metrics, **{f"seconds/{k}": v for k, v in result["seconds"].items()}}, step=0)
+            if gallery is not None and hasattr(logger, "log_image"):
+                logger.log_image(key="gallery", images=[str(gallery)], step=0)
         self.result = result
         summary = "  ".join(f"{name} {value:.2f}" for name, value in metrics.items())
         log.info("%s: %s", c.out_dir, summary)
         print(f"[cbmir] {c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')}: {summary}")
         return result
+
+    def render_gallery(self, neighbors: np.ndarray) -> Path:
+        """``gallery.png``: a fixed, seeded sample of queries with their neighbours, framed by relevance."""
+        from cbmir.gallery import render_gallery
+
+        c = self.cell
+        rel = relevance(c.labels["query"], c.labels["database"], neighbors)
+        title = f"{c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')} px · {c.record.get('protocol')}"
+        return render_gallery(
+            c.out_dir / "gallery.png", c.images["query"], c.images["database"], neighbors,
+            c.labels["query"], c.labels["database"], rel, class_names=c.class_names, title=title,
+        )

@@ -224,6 +224,8 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         standard_metrics=bool(cfg.protocol.standard_metrics),
         record=record,
         started=t_start,
+        images={role: splits[role].images for role in ROLE_SPLIT} if cfg.gallery else None,
+        class_names=medmnist_info(cfg.dataset.flag).get("label"),
     )
     loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
     evaluator = RetrievalEvaluator(cell, loggers)

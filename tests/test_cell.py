@@ -48,6 +48,10 @@ def test_result_contract(cell_cfg, data_dir):
     # the fixture has class structure, so even random weights retrieve better than chance (25 %)
     assert on_disk["metrics"]["ACC@1"] > 50
     assert (out / "logs" / "metrics.csv").exists()  # CSV logger
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(out / "gallery.png")
+    assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 300
 
 
 def test_finished_cell_is_skipped_unless_overwrite(cell_cfg, monkeypatch):
@@ -145,6 +149,7 @@ def test_3d_cells(cell_cfg, options, folder, dim):
     # size 28 runs at 32³ as in the study: concat is 32 slices × d
     assert result["embedding_dim"] == dim and result["volume"]["side"] == 32
     assert np.load(result["embeddings"]["database"]).shape == (12, dim)
+    assert (cell_dir(cfg) / "gallery.png").stat().st_size > 1000  # middle slices
 
 
 def test_3d_size_128_is_invalid(cell_cfg):
