@@ -24,5 +24,9 @@ run: install
 test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Tables, figures and the comparison with the paper, from every result under outputs/ (ARGS: folders, --out, --wandb).
+report: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m cbmir.report $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
