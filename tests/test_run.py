@@ -104,3 +104,21 @@ def test_3d_size_validation_in_a_run_and_in_a_sweep(data_dir, tmp_path):
     }
     assert "sweep: 3 cells ok, 1 skipped, 0 failed" in sweep.stdout
     assert "skipped paper/adrenalmnist3d/128/tiny_resnet: dataset adrenalmnist3d has sizes [28, 64]" in sweep.stdout
+
+
+def test_the_paper_experiment_sweeps_the_whole_study():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["experiment=paper"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    models, datasets, sizes = (params[k].split(",") for k in ("model", "dataset", "size"))
+    assert len(models) == 9 and len(datasets) == 8 and sizes == ["28", "64", "128", "224"]
+    for model in models:
+        assert (CONF_DIR / "model" / f"{model}.yaml").exists(), model
+    for dataset in datasets:
+        assert (CONF_DIR / "dataset" / f"{dataset}.yaml").exists(), dataset
+    assert cfg.protocol.name == "paper"
