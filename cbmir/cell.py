@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,31 @@ def dataset_id(cfg: DictConfig) -> str:
     return cfg.dataset.name + ("+" + "-".join(options) if options else "")
 
 
+GENERIC_FAMILIES = ("timm", "open_clip")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")
+
+
+def model_id(cfg: DictConfig) -> str:
+    """The model's name; a generic entry (``model=timm``/``model=open_clip``) left unnamed is named by its arch."""
+    m = cfg.model
+    if m.get("family") in GENERIC_FAMILIES and m.name == m.family and m.get("arch"):
+        parts = [m.family, _safe(str(m.arch).removeprefix("hf-hub:"))]
+        if m.get("tag"):
+            parts.append(_safe(str(m.tag).removeprefix("hf-hub:")))
+        return "-".join(parts)
+    return m.name
+
+
 def cell_dir(cfg: DictConfig) -> Path:
     """``<output_dir>/results/<protocol>/<dataset>/<size>/<model>/``: the result contract's folder."""
-    return Path(cfg.paths.output_dir) / "results" / protocol_id(cfg) / dataset_id(cfg) / str(cfg.size) / cfg.model.name
+    return Path(cfg.paths.output_dir) / "results" / protocol_id(cfg) / dataset_id(cfg) / str(cfg.size) / model_id(cfg)
 
 
 def cell_name(cfg: DictConfig) -> str:
-    return f"{protocol_id(cfg)}/{dataset_id(cfg)}/{cfg.size}/{cfg.model.name}"
+    return f"{protocol_id(cfg)}/{dataset_id(cfg)}/{cfg.size}/{model_id(cfg)}"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -104,7 +123,7 @@ def volume_side(cfg: DictConfig) -> int | None:
 def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str) -> dict[str, Any]:
     """Everything the embeddings of one split depend on: the content key of the cache."""
     fields = {
-        "model": cfg.model.name,
+        "model": model_id(cfg),
         "backbone": identity,
         "preprocess": preprocess,
         "min_source_size": cfg.protocol.min_source_size,
@@ -205,7 +224,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         "protocol": protocol_id(cfg),
         "dataset": dataset_id(cfg),
         "size": cfg.size,
-        "model": cfg.model.name,
+        "model": model_id(cfg),
         "unit_norm": backbone.unit_norm,
         "cached": {role: role not in todo for role in ROLE_SPLIT},
         "precision": resolve_precision(cfg),

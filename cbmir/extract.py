@@ -11,14 +11,17 @@ import torch.nn.functional as F
 from cbmir.errors import ConfigError
 from cbmir.models.registry import Backbone, Preprocess
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+# ITU-R 601-2 luma in PIL's fixed-point form: L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16.
+LUMA_FIXED = (19595, 38470, 7471)
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    kwargs = {"align_corners": False, "antialias": shrinking} if mode != "nearest" else {}
+    # torch's antialiased kernels are PIL's resampling filters; PIL's bicubic uses them when enlarging too.
+    antialias = shrinking or mode == "bicubic"
+    kwargs = {"align_corners": False, "antialias": antialias} if mode != "nearest" else {}
     # Pixel values stay in [0, 255] as with PIL on uint8 images (bicubic overshoots otherwise).
     return F.interpolate(x, size=size, mode=mode, **kwargs).clamp_(0, 255)
 
@@ -42,6 +45,11 @@ def to_nchw(images: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
+def images_nchw_int(images: torch.Tensor) -> torch.Tensor:
+    x = images.to(torch.int64)
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
 def preprocess(images: torch.Tensor, spec: Preprocess, *, min_source_size: int | None = None) -> torch.Tensor:
     """uint8 batch → normalised float NCHW input of the backbone, on ``images.device``.
 
@@ -49,7 +57,9 @@ def preprocess(images: torch.Tensor, spec: Preprocess, *, min_source_size: int |
     """
     x = to_nchw(images)
     if spec.grayscale and x.shape[1] == 3:
-        x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        # exact integer arithmetic, as PIL's convert("L") on uint8 pixels
+        weights = torch.tensor(LUMA_FIXED, dtype=torch.int64, device=x.device).view(1, 3, 1, 1)
+        x = ((images_nchw_int(images) * weights).sum(1, keepdim=True) + 32768).div(65536, rounding_mode="floor").float()
     if min_source_size and x.shape[-1] < min_source_size:
         x = _resize(x, (min_source_size, min_source_size), "bilinear")
     h, w = x.shape[-2:]

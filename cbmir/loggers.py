@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None = None) -> list:
     """Lightning loggers for one cell; W&B runs are named by the cell and grouped by sweep."""
+    from cbmir.cell import model_id
+
     loggers = []
     lcfg = cfg.get("logger") or {}
     if lcfg.get("csv", {}).get("enabled", False):
@@ -41,7 +43,7 @@ def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None
         )
         # Flat keys W&B can group and filter on, whatever the nesting of the config.
         wandb_logger.experiment.config.update(
-            {"cell/model": cfg.model.name, "cell/dataset": cfg.dataset.name, "cell/size": cfg.size,
+            {"cell/model": model_id(cfg), "cell/dataset": cfg.dataset.name, "cell/size": cfg.size,
              "cell/protocol": cfg.protocol.name, "cell/metric": cfg.protocol.metric, "cell/sweep": group or "single"},
             allow_val_change=True,
         )

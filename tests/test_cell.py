@@ -11,6 +11,7 @@ from cbmir.cell import cell_dir, run_cell
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.metrics import retrieval_metrics
 from cbmir.search import search_torch
+from conftest import base_overrides
 
 CONTRACT_KEYS = {
     "protocol", "dataset", "size", "model", "k", "metric", "n_queries", "n_database", "embedding_dim",
@@ -181,3 +182,19 @@ def test_worker_processes_give_the_same_embeddings(cell_cfg):
     workers = run_cell(cell_cfg("dataset=bloodmnist", "num_workers=2", "protocol.metric=cosine", "use_cache=false"))
     for role in ("database", "query"):
         np.testing.assert_array_equal(np.load(inline["embeddings"][role]), np.load(workers["embeddings"][role]))
+
+
+def test_generic_entries_are_named_by_their_arch(compose, data_dir, tmp_path):
+    from cbmir.cell import model_id
+
+    base = [o for o in base_overrides(data_dir, tmp_path) if not o.startswith("model.")] + ["model.pretrained=false"]
+    cfg = compose(base + ["model=timm", "model.arch=test_resnet.r160_in1k"])
+    assert model_id(cfg) == "timm-test_resnet.r160_in1k"
+    assert cell_dir(cfg).name == "timm-test_resnet.r160_in1k"
+    assert model_id(compose(base + ["model=timm", "model.arch=hf-hub:org/some model"])) == "timm-org_some_model"
+    assert model_id(compose(base + ["model=open_clip", "model.arch=ViT-B-16", "model.tag=laion2b_s34b_b88k"])) == (
+        "open_clip-ViT-B-16-laion2b_s34b_b88k"
+    )
+    assert model_id(compose(base + ["model=timm", "model.arch=x", "model.name=mine"])) == "mine"
+    result = run_cell(cfg)
+    assert result["model"] == "timm-test_resnet.r160_in1k" and result["embedding_dim"] == 96

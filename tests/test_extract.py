@@ -69,7 +69,7 @@ def test_grayscale_spec_uses_luma():
     rgb = torch.zeros(1, 4, 4, 3, dtype=torch.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 50, 200
     x = preprocess(rgb, Preprocess(grayscale=True, mean=(0.0,), std=(1.0,)))
-    luma = (0.299 * 100 + 0.587 * 50 + 0.114 * 200) / 255
+    luma = ((19595 * 100 + 38470 * 50 + 7471 * 200 + 32768) >> 16) / 255
     torch.testing.assert_close(x[0, :, 0, 0], torch.full((3,), luma))
 
 
@@ -171,3 +171,21 @@ def test_bad_volume_options():
         VolumeSpec("sum")
     with pytest.raises(ConfigError, match="planes"):
         VolumeSpec("mean", "coronal")
+
+
+@pytest.mark.parametrize("interp,size,src", [("bicubic", 224, 28), ("bicubic", 448, 64), ("bilinear", 224, 128)])
+def test_batched_resize_matches_pil_within_1_5_gray_levels(interp, size, src):
+    """The reference transforms (PIL Resize + CenterCrop + ToTensor + Normalize) round to uint8; we do not."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (src // 4 + 1, src // 4 + 1, 3)).astype(np.uint8)
+    img = np.array(Image.fromarray(base).resize((src, src), Image.BILINEAR))
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    spec = Preprocess(input_size=size, resize="resize_crop", interpolation=interp, mean=mean, std=std)
+    mode = getattr(T.InterpolationMode, interp.upper())
+    ref = T.Compose([T.Resize(size, interpolation=mode), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    diff = (preprocess(torch.from_numpy(img)[None], spec)[0] - ref(Image.fromarray(img))).abs()
+    assert diff.max() <= 1.5 / 255 / min(std)
+    assert diff.mean() < 0.006

@@ -90,6 +90,7 @@ def families() -> list[str]:
 def _import_families() -> None:
     # The family modules register themselves on import; they import heavy libraries lazily.
     from cbmir.models import timm_cnn  # noqa: F401
+    from cbmir.models import biomedclip, conch, medclip, openclip, timm_any, vit  # noqa: F401
 
 
 def build_backbone(cfg_model: Any) -> Backbone:

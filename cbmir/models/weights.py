@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -109,8 +109,139 @@ def hub_errors(repo: str, *, model: str, gated: bool = False) -> Iterator[None]:
                 f"the weights of {repo} are not in the local hub cache and the hub cannot be reached "
                 f"({type(exc).__name__}); connect once to fill the cache, {local}."
             )
+            if gated:
+                msg += f" The repository is gated: request access at {page} and set HF_TOKEN before downloading."
         elif names & {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError"}:
             msg = f"{repo} was not found on the hub ({exc}); for a gated repository set HF_TOKEN, {local}."
         else:
             raise
         raise WeightsError(msg) from exc
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token from the environment (``HF_TOKEN``); ``None`` lets the hub use a saved login."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def _has_token() -> bool:
+    if hf_token():
+        return True
+    try:
+        from huggingface_hub import get_token
+
+        return bool(get_token())
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return False
+
+
+def hub_download(
+    repo: str,
+    filenames: str | tuple[str, ...],
+    *,
+    model: str,
+    revision: str | None = None,
+    gated: bool = False,
+    optional: bool = False,
+) -> Path | None:
+    """Download (or find in the cache) the first of ``filenames`` that ``repo`` has, at ``revision``.
+
+    Every hub failure becomes one :class:`WeightsError` that says what to do (``hub_errors``); a gated
+    repository without any token says so first. ``optional=True`` returns ``None`` when no candidate
+    exists (e.g. a side file such as ``config.json``) instead of raising.
+    """
+    from huggingface_hub import hf_hub_download
+
+    names = (filenames,) if isinstance(filenames, str) else tuple(filenames)
+    missing: list[str] = []
+    for name in names:
+        try:
+            with hub_errors(repo, model=model, gated=gated):
+                try:
+                    return Path(hf_hub_download(repo, name, revision=revision, token=hf_token()))
+                except Exception as exc:
+                    kinds = {cls.__name__ for cls in type(exc).__mro__}
+                    if "EntryNotFoundError" in kinds and "LocalEntryNotFoundError" not in kinds:
+                        missing.append(name)
+                        continue
+                    if gated and "GatedRepoError" in kinds and not _has_token():
+                        raise WeightsError(
+                            f"{repo} is gated and no Hugging Face token is set: request access at "
+                            f"https://huggingface.co/{repo}, then set HF_TOKEN (or run `hf auth login`), "
+                            f"or download the weights elsewhere and pass model.weights=/path/to/file (model {model})."
+                        ) from exc
+                    raise
+        except WeightsError as exc:
+            if optional and "not in the local hub cache" in str(exc):
+                return None
+            raise
+    if optional:
+        return None
+    raise WeightsError(
+        f"{repo}{'@' + revision if revision else ''} has none of {list(names)}; "
+        f"pass model.weights=/path/to/file (model {model})."
+    )
+
+
+def hub_identity(path: Path, repo: str, revision: str | None) -> str:
+    """``hf-hub:repo/file@commit``: the commit is read from the hub cache's snapshot folder."""
+    commit = revision or "main"
+    parts = path.parts
+    if "snapshots" in parts:
+        commit = parts[parts.index("snapshots") + 1]
+    return f"hf-hub:{repo}/{path.name}@{commit}"
+
+
+def load_checkpoint(
+    cfg: Any,
+    *,
+    repo: str | None,
+    filenames: tuple[str, ...],
+    revision: str | None = None,
+    gated: bool = False,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict a backbone loads, and its identity.
+
+    ``model.weights`` (a file, or a folder holding one of ``filenames``) wins; otherwise the hub
+    (``repo`` at the pinned ``revision``, the first of ``filenames`` it has). A sharded safetensors
+    checkpoint (``*.index.json``) is read shard by shard.
+    """
+    if cfg.get("weights"):
+        path = resolve_weights_file(cfg.weights, filenames)
+        return read_checkpoint(path, lambda name: path.parent / name), file_identity(path)
+    if not repo:
+        raise WeightsError(f"model {cfg.name}: its weights are not on the hub; pass model.weights=/path/to/file")
+    path = hub_download(repo, filenames, model=cfg.name, revision=revision, gated=gated)
+    assert path is not None
+
+    def shard(name: str) -> Path:
+        found = hub_download(repo, name, model=cfg.name, revision=revision, gated=gated)
+        assert found is not None
+        return found
+
+    return read_checkpoint(path, shard), hub_identity(path, repo, revision)
+
+
+def read_checkpoint(path: Path, shard_path: Callable[[str], Path]) -> dict[str, torch.Tensor]:
+    """``read_state_dict``, or the union of the shards that a ``*.index.json`` names."""
+    if not path.name.endswith(".index.json"):
+        return read_state_dict(path)
+    import json
+
+    try:
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+    except Exception as exc:
+        raise WeightsError(f"cannot read the shard index {path}: {exc}") from exc
+    out: dict[str, torch.Tensor] = {}
+    for name in shards:
+        out.update(read_state_dict(shard_path(name)))
+    return out
+
+
+def load_module_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """:func:`load_strict` that also turns shape mismatches (a ``RuntimeError`` of torch) into a ``WeightsError``."""
+    try:
+        load_strict(module, state_dict, source=source)
+    except WeightsError:
+        raise
+    except RuntimeError as exc:
+        raise WeightsError(f"{source} does not match the architecture: {exc}") from exc
