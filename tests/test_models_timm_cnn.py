@@ -9,9 +9,10 @@ from cbmir.errors import ConfigError, WeightsError
 from cbmir.models import build_backbone
 
 
-def model_cfg(name: str, **over):
+def model_cfg(name: str, *, from_hub: bool = False, **over):
+    """A model config with random weights, or (``from_hub``) with the hub weights that offline tests must not reach."""
     cfg = OmegaConf.load(f"conf/model/{name}.yaml")
-    cfg.pretrained = False
+    cfg.pretrained = from_hub
     return OmegaConf.merge(cfg, over)
 
 
@@ -77,7 +78,7 @@ def test_unreadable_checkpoint(tmp_path):
 def test_hub_offline_without_cache_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    cfg = model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, pretrained=True)
+    cfg = model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, from_hub=True)
     with pytest.raises(WeightsError, match="model.weights="):
         build_backbone(cfg)
 
