@@ -28,5 +28,9 @@ test: install
 report: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m cbmir.report $(ARGS)
 
+# Throughput, efficiency, baselines, 3D, search, cache and memory on this machine (about 7-10 min on 2 CPU cores).
+bench: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m cbmir.bench $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
