@@ -8,7 +8,6 @@ open_clip is a project dependency, so the tests also compare in-process, bit for
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,17 +19,11 @@ from omegaconf import OmegaConf
 
 from cbmir.extract import preprocess
 from cbmir.models import build_backbone
+from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-
-
-def recipe():
-    spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model_cfg(**over):

@@ -12,7 +12,6 @@ independent rebuild of that architecture written in this file from models.md §2
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -26,16 +25,10 @@ from torch import nn
 
 from cbmir.errors import WeightsError
 from cbmir.models import build_backbone
+from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
-
-
-def recipe():
-    spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model_cfg(name: str, **over):

@@ -9,7 +9,6 @@ YAMLs with the sizes overridden: the key maps do not depend on the sizes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,19 +21,13 @@ from safetensors.torch import save_file
 from cbmir.errors import ConfigError, WeightsError
 from cbmir.models import build_backbone
 from cbmir.models.vit import preprocess_from_hf
+from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 SMALL_DINOV2 = {"img_size": 56, "patch_size": 14, "embed_dim": 64, "depth": 2, "num_heads": 4, "init_values": 1.0}
 SMALL_SIGLIP = {"img_size": 56, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0, "act_layer": "gelu_tanh"}
 SMALL_PRE = {"size": 56, "resize": "resize", "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
-
-
-def recipe():
-    spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model_cfg(name: str, **over):

@@ -9,7 +9,6 @@ torch preprocessing must reproduce them within 1e-5.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,17 +20,11 @@ from omegaconf import OmegaConf
 from cbmir.errors import WeightsError
 from cbmir.extract import preprocess
 from cbmir.models import build_backbone
+from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 IMAGES = {"rgb28": (28, 28, "RGB", 1), "l64": (64, 64, "L", 2), "rgb30x40": (30, 40, "RGB", 5)}
-
-
-def recipe():
-    spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model_cfg(**over):
