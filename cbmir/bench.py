@@ -491,11 +491,9 @@ def bench_setting(env: Env, setting: Setting, log: Callable[[str], None]) -> dic
 
 
 def default_batch(env: Env, net_input: int) -> int:
-    if env.args.quick:
-        return 16
     if env.device.type == "cpu" and net_input > 64:
-        return 16  # a forward pass of 224-px images takes seconds per batch on CPU: 16 keeps the full run short
-    return 64
+        return min(16, env.args.config_batch_size)  # 224-px forwards take seconds per batch on CPU: keeps the run short
+    return env.args.config_batch_size
 
 
 def bench_3d(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[str, Any]:
@@ -515,7 +513,7 @@ def bench_3d(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[str
     split = Split("organmnist3d", depth, "train", resized_volumes(folder, "train", loaded.images, side), loaded.labels)
     volume = VolumeSpec()
     dim = volume.embedding_dim(backbone.dim, side)
-    vol_batch = max(1, min(n_vol, args.batch_size or (16 if args.quick else 64)))  # volumes per loader batch, as a cell
+    vol_batch = max(1, min(n_vol, args.batch_size or args.config_batch_size))  # volumes per loader batch, as a cell
     m_vol = max(1, min(n_vol, args.slice_volumes))
     log(f"  3D: {n_vol} volumes of {side}^3 ({n_vol * side} slices), {vol_batch} volumes per batch, at most "
         f"{args.max_forward_batch} slices per forward; one slice per forward timed on {m_vol} volumes and scaled to {n_vol}")
@@ -631,7 +629,7 @@ def bench_cache(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[
     data_dir = env.work / "cache_data"
     write_medmnist_npz(data_dir / "pathmnist.npz", {"train": (n_db, 28, 28, 3), "val": (4, 28, 28, 3), "test": (n_q, 28, 28, 3)}, seed=4)
     log(f"  cache: run_cell on a {n_db} + {n_q}-image pathmnist-28 file, cold then cached")
-    batch = setting.batch or args.batch_size or (16 if args.quick else 64)
+    batch = setting.batch or args.batch_size or args.config_batch_size
     tc, tw = [], []
     for r in range(args.warmup + args.repeats):
         out = env.work / f"cache_out_{r}"
@@ -812,7 +810,7 @@ def rss_child(params: dict[str, Any]) -> dict[str, Any]:
 def bench_memory(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[str, Any]:
     args = env.args
     size, n = args.rss_size, args.rss_images
-    batch = setting.batch or args.batch_size or (16 if args.quick else 64)
+    batch = setting.batch or args.batch_size or args.config_batch_size
     log(f"  memory: a fresh process maps {n} x {size}x{size}x3 ({gb(n * size * size * 3):.1f} GB), runs {setting.model} "
         f"over {args.rss_model_batches} batches of {batch}, then a stand-in backbone over all {math.ceil(n / batch)} batches")
     child_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("settings", "rss_child")}
@@ -1000,9 +998,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="a Hydra override for the model config, e.g. model.arch=test_resnet.r160_in1k (repeatable)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per batch (default 64; 16 for inputs above 64 px on CPU, and in --quick)")
+                   help="images per batch (default: the config's batch_size, 64; 16 for inputs above 64 px on CPU and in --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
-    p.add_argument("--num-workers", type=int, default=2, help="data loader workers (the config's default: 2)")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the config's num_workers)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per method before timing (default 1)")
     p.add_argument("--seconds", type=float, default=None, help="target seconds of forward per timed run (default 4; sizes the runs)")
@@ -1019,7 +1017,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--volumes", type=int, default=None, help="3D: volumes (default 64; 2 with --quick)")
     p.add_argument("--slice-volumes", type=int, default=None,
                    help="3D: volumes the one-slice-per-forward loop is timed on, then scaled (default 8; 2 with --quick)")
-    p.add_argument("--max-forward-batch", type=int, default=512, help="3D: most slices per forward pass (the config's default)")
+    p.add_argument("--max-forward-batch", type=int, default=None, help="3D: most slices per forward pass (default: the config's)")
     p.add_argument("--search-shape", default=None, metavar="N,Q,D",
                    help="search: database, queries, width (default 20000,1000,2048; the PathMNIST shape is 89996,7180,2048)")
     p.add_argument("--loop-queries", type=int, default=None, help="search: queries the per-query loop is timed on (default 50)")
@@ -1042,6 +1040,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
 
     q = args.quick
+    if not args.rss_child:  # the run's defaults are the config's (conf/config.yaml), as cells see them
+        base = compose(args.conf_dir, [])
+        args.config_batch_size = 16 if q else int(base.batch_size)
+        args.num_workers = int(base.num_workers) if args.num_workers is None else args.num_workers
+        args.max_forward_batch = args.max_forward_batch or int(base.max_forward_batch)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
