@@ -46,9 +46,10 @@ import threading
 import time
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,12 @@ DEFAULT_SETTINGS = (
     "timm=vit_base_patch16_224,28,224",
     "timm=vit_base_patch16_224,64,224",
 )
-TARGETS = {"pipeline_efficiency": 0.90, "speedup_vs_conventional": 1.0, "speedup_3d_batched": 5.0, "speedup_search": 30.0}
+TARGETS = {
+    "pipeline_efficiency": 0.90,
+    "speedup_vs_conventional": 1.0,
+    "speedup_3d_batched": 5.0,
+    "speedup_search": 30.0,
+}
 PATHMNIST = {"database": 89_996, "query": 7_180, "dim": 2048}
 RSS_MARK = "CBMIR_RSS_RESULT "
 
@@ -93,7 +99,9 @@ def parse_setting(text: str) -> Setting:
         inp = None if parts[2] in ("auto", "") else int(parts[2])
         batch = int(parts[3]) if len(parts) == 4 and parts[3] else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"SOURCE, INPUT and BATCH must be integers (INPUT may be auto): {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"SOURCE, INPUT and BATCH must be integers (INPUT may be auto): {text!r}"
+        ) from None
     return Setting(parts[0], source, inp, batch)
 
 
@@ -171,7 +179,9 @@ def write_medmnist_npz(path: Path, splits: dict[str, tuple[int, ...]], *, seed: 
         for split, shape in splits.items():
             n, item = shape[0], int(np.prod(shape[1:]))
             with zf.open(f"{split}_images.npy", "w", force_zip64=True) as fh:
-                np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
+                )
                 per = max(1, (64 << 20) // item)
                 for start in range(0, n, per):
                     fh.write(rng.bytes(min(per, n - start) * item))
@@ -184,7 +194,9 @@ def synthetic_split(root: Path, flag: str, size: int, shape: tuple[int, ...], n:
     """Write ``n`` images of ``shape`` as ``{flag}[_{size}].npz`` and map its train split the way cells do."""
     from cbmir.data import file_name, load_split, split_arrays
 
-    npz = write_medmnist_npz(root / file_name(flag, size), {"train": (n, *shape), "val": (2, *shape), "test": (2, *shape)}, seed=seed)
+    npz = write_medmnist_npz(
+        root / file_name(flag, size), {"train": (n, *shape), "val": (2, *shape), "test": (2, *shape)}, seed=seed
+    )
     folder = split_arrays(npz)
     npz.unlink()  # the .npy files are what the run maps
     return folder, load_split(folder, flag, size, "train")
@@ -200,12 +212,14 @@ def loop_cfg(*, accelerator: str, precision: str, batch: int, workers: int):
     """The slice of a cell config that ``build_trainer``, ``make_loader`` and ``resolve_precision`` read."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({
-        "trainer": {"accelerator": accelerator, "devices": 1, "strategy": "auto", "num_nodes": 1},
-        "precision": precision,
-        "batch_size": batch,
-        "num_workers": workers,
-    })
+    return OmegaConf.create(
+        {
+            "trainer": {"accelerator": accelerator, "devices": 1, "strategy": "auto", "num_nodes": 1},
+            "precision": precision,
+            "batch_size": batch,
+            "num_workers": workers,
+        }
+    )
 
 
 def net_crop(net: nn.Module) -> int | None:
@@ -249,8 +263,18 @@ class BatchClock(Callback):
         self.ends.append(time.perf_counter())
 
 
-def pipeline_run(env: Env, backbone, split, *, batch: int, min_source: int | None, volume=None,
-                 max_forward_batch: int = 512, dim: int | None = None, keep: bool = False):
+def pipeline_run(
+    env: Env,
+    backbone,
+    split,
+    *,
+    batch: int,
+    min_source: int | None,
+    volume=None,
+    max_forward_batch: int = 512,
+    dim: int | None = None,
+    keep: bool = False,
+):
     """cbmir's extraction of ``split`` end to end: trainer, loader, EmbeddingModule, writer, merge.
 
     Returns ``(seconds, steady images/s, embeddings or None)``; the steady rate counts batches 2..N only
@@ -269,14 +293,18 @@ def pipeline_run(env: Env, backbone, split, *, batch: int, min_source: int | Non
         t0 = time.perf_counter()
         writer = EmbeddingWriter([target], [len(split)], dim)
         trainer = build_trainer(cfg, [writer, clock], env.work)
-        module = EmbeddingModule(backbone, min_source_size=min_source, volume=volume, max_forward_batch=max_forward_batch)
+        module = EmbeddingModule(
+            backbone, min_source_size=min_source, volume=volume, max_forward_batch=max_forward_batch
+        )
         trainer.predict(module, dataloaders=[make_loader(split, cfg)], return_predictions=False)
         sync(env.device)
         seconds = time.perf_counter() - t0
     emb = np.load(target)
     target.unlink()
     if emb.shape != (len(split), dim) or not np.isfinite(emb).all():
-        raise RuntimeError(f"pipeline wrote {emb.shape} (finite: {np.isfinite(emb).all()}), expected ({len(split)}, {dim})")
+        raise RuntimeError(
+            f"pipeline wrote {emb.shape} (finite: {np.isfinite(emb).all()}), expected ({len(split)}, {dim})"
+        )
     steady = float("nan")
     if len(clock.ends) >= 2:
         steady = (len(split) - min(batch, len(split))) / (clock.ends[-1] - clock.ends[0])
@@ -340,8 +368,11 @@ def conventional_transform(spec, *, source: int, min_source: int | None, crop: i
     """torchvision's ``Compose`` equivalent of ``spec`` (what the study's scripts ran per image)."""
     from torchvision import transforms as T
 
-    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
-            "nearest": T.InterpolationMode.NEAREST}[spec.interpolation]
+    mode = {
+        "bilinear": T.InterpolationMode.BILINEAR,
+        "bicubic": T.InterpolationMode.BICUBIC,
+        "nearest": T.InterpolationMode.NEAREST,
+    }[spec.interpolation]
     bilinear = T.InterpolationMode.BILINEAR
     # the protocol's source upsampling first (the study: 28 -> 32, bilinear), as cbmir's preprocess does
     steps = [T.Resize((min_source, min_source), interpolation=bilinear)] if min_source and source < min_source else []
@@ -365,8 +396,13 @@ def conventional_run(env: Env, net: nn.Module, split, transform, *, batch: int, 
     """PIL per item + torchvision transforms + default collate + forward; embeddings saved at the end."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(PILDataset(split.images, split.labels, transform), batch_size=batch, shuffle=False,
-                        num_workers=env.workers, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(
+        PILDataset(split.images, split.labels, transform),
+        batch_size=batch,
+        shuffle=False,
+        num_workers=env.workers,
+        pin_memory=torch.cuda.is_available(),
+    )
     net.to(env.device).eval()
     target = env.scratch("conventional")
     sync(env.device)
@@ -394,8 +430,12 @@ def build(env: Env, model: str, extra: list[str] | None = None):
 
     from cbmir.models import build_backbone
 
-    cfg = compose(env.args.conf_dir, model_overrides(model, env.args.conf_dir, pretrained=env.args.pretrained,
-                                                    extra=list(env.args.override) + list(extra or [])))
+    cfg = compose(
+        env.args.conf_dir,
+        model_overrides(
+            model, env.args.conf_dir, pretrained=env.args.pretrained, extra=list(env.args.override) + list(extra or [])
+        ),
+    )
     L.seed_everything(0, verbose=False)
     with quiet(not env.args.verbose):
         backbone = build_backbone(cfg.model)
@@ -431,10 +471,13 @@ def bench_setting(env: Env, setting: Setting, log: Callable[[str], None]) -> dic
     t_batch = min(model_run(env, net, x, n_batches=1) for _ in range(max(1, args.warmup) + 1))
     n_batches = args.batches or max(2, min(args.max_batches, math.ceil(args.seconds / max(t_batch, 1e-6))))
     n = n_batches * batch
-    log(f"  {setting.label}: batch {batch}, {n_batches} batches ({n} images) per run, backbone input {shape} "
-        f"{memory_format(x)}, ~{t_batch:.2f} s/batch forward")
-    folder, split = synthetic_split(env.work / f"data_{env.counter}", "pathmnist", setting.source,
-                                    (setting.source, setting.source, 3), n, seed=1)
+    log(
+        f"  {setting.label}: batch {batch}, {n_batches} batches ({n} images) per run, backbone input {shape} "
+        f"{memory_format(x)}, ~{t_batch:.2f} s/batch forward"
+    )
+    folder, split = synthetic_split(
+        env.work / f"data_{env.counter}", "pathmnist", setting.source, (setting.source, setting.source, 3), n, seed=1
+    )
     transform = conventional_transform(spec, source=setting.source, min_source=min_source, crop=crop)
 
     one = subset(split, batch)
@@ -506,8 +549,11 @@ def bench_3d(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[str
     depth = 28
     side = max(depth, cfg.protocol.min_source_size or 0)  # the cell's volume_side: 28 -> 32
     n_vol = args.volumes
-    npz = write_medmnist_npz(env.work / "vol" / "organmnist3d.npz",
-                             {"train": (n_vol, depth, depth, depth), "val": (1, depth, depth, depth), "test": (1, depth, depth, depth)}, seed=2)
+    npz = write_medmnist_npz(
+        env.work / "vol" / "organmnist3d.npz",
+        {"train": (n_vol, depth, depth, depth), "val": (1, depth, depth, depth), "test": (1, depth, depth, depth)},
+        seed=2,
+    )
     folder = split_arrays(npz)
     loaded = load_split(folder, "organmnist3d", depth, "train")
     split = Split("organmnist3d", depth, "train", resized_volumes(folder, "train", loaded.images, side), loaded.labels)
@@ -515,8 +561,10 @@ def bench_3d(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[str
     dim = volume.embedding_dim(backbone.dim, side)
     vol_batch = max(1, min(n_vol, args.batch_size or args.config_batch_size))  # volumes per loader batch, as a cell
     m_vol = max(1, min(n_vol, args.slice_volumes))
-    log(f"  3D: {n_vol} volumes of {side}^3 ({n_vol * side} slices), {vol_batch} volumes per batch, at most "
-        f"{args.max_forward_batch} slices per forward; one slice per forward timed on {m_vol} volumes and scaled to {n_vol}")
+    log(
+        f"  3D: {n_vol} volumes of {side}^3 ({n_vol * side} slices), {vol_batch} volumes per batch, at most "
+        f"{args.max_forward_batch} slices per forward; one slice per forward timed on {m_vol} volumes and scaled to {n_vol}"
+    )
 
     module = EmbeddingModule(backbone, min_source_size=None).to(env.device).eval()
 
@@ -528,13 +576,24 @@ def bench_3d(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[str
         with torch.inference_mode(), autocast(env.device, env.precision):
             for v in range(count):
                 vol = torch.from_numpy(np.array(split.images[v])).to(env.device)
-                out.append(torch.cat([module.embed_images(vol[s : s + 1]) for s in range(vol.shape[0])]).reshape(-1).cpu())
+                out.append(
+                    torch.cat([module.embed_images(vol[s : s + 1]) for s in range(vol.shape[0])]).reshape(-1).cpu()
+                )
         sync(env.device)
         return time.perf_counter() - t0, torch.stack(out).numpy()
 
     def batched(keep=False):
-        return pipeline_run(env, backbone, split, batch=vol_batch, min_source=None, volume=volume,
-                            max_forward_batch=args.max_forward_batch, dim=dim, keep=keep)
+        return pipeline_run(
+            env,
+            backbone,
+            split,
+            batch=vol_batch,
+            min_source=None,
+            volume=volume,
+            max_forward_batch=args.max_forward_batch,
+            dim=dim,
+            keep=keep,
+        )
 
     for _ in range(args.warmup):
         batched()
@@ -579,8 +638,10 @@ def bench_search(env: Env, log: Callable[[str], None]) -> dict[str, Any]:
     db = np.abs(rng.standard_normal((n_db, d), dtype=np.float32))  # GAP features of ReLU nets are non-negative
     q = np.abs(rng.standard_normal((n_q, d), dtype=np.float32))
     scaled = (n_db, n_q, d) != (PATHMNIST["database"], PATHMNIST["query"], PATHMNIST["dim"])
-    log(f"  search: {n_db} x {n_q} x {d}{' (scaled down from PathMNIST 89,996 x 7,180 x 2,048)' if scaled else ''}; "
-        f"the loop is timed on {m} queries and scaled to {n_q}")
+    log(
+        f"  search: {n_db} x {n_q} x {d}{' (scaled down from PathMNIST 89,996 x 7,180 x 2,048)' if scaled else ''}; "
+        f"the loop is timed on {m} queries and scaled to {n_q}"
+    )
 
     def loop(qs):
         out = np.empty((len(qs), k), dtype=np.int64)
@@ -627,16 +688,31 @@ def bench_cache(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[
     args = env.args
     n_db, n_q = args.cache_images
     data_dir = env.work / "cache_data"
-    write_medmnist_npz(data_dir / "pathmnist.npz", {"train": (n_db, 28, 28, 3), "val": (4, 28, 28, 3), "test": (n_q, 28, 28, 3)}, seed=4)
+    write_medmnist_npz(
+        data_dir / "pathmnist.npz",
+        {"train": (n_db, 28, 28, 3), "val": (4, 28, 28, 3), "test": (n_q, 28, 28, 3)},
+        seed=4,
+    )
     log(f"  cache: run_cell on a {n_db} + {n_q}-image pathmnist-28 file, cold then cached")
     batch = setting.batch or args.batch_size or args.config_batch_size
     tc, tw = [], []
     for r in range(args.warmup + args.repeats):
         out = env.work / f"cache_out_{r}"
-        overrides = model_overrides(setting.model, args.conf_dir, pretrained=args.pretrained, extra=list(args.override)) + [
-            "dataset=pathmnist", "size=28", f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
-            "dataset.verify_md5=false", "dataset.download=false", "logger=none", f"trainer={'gpu' if env.accelerator == 'gpu' else 'cpu'}",
-            f"batch_size={batch}", f"num_workers={env.workers}", f"precision={env.precision}", "overwrite=true",
+        overrides = model_overrides(
+            setting.model, args.conf_dir, pretrained=args.pretrained, extra=list(args.override)
+        ) + [
+            "dataset=pathmnist",
+            "size=28",
+            f"paths.data_dir={data_dir}",
+            f"paths.output_dir={out}",
+            "dataset.verify_md5=false",
+            "dataset.download=false",
+            "logger=none",
+            f"trainer={'gpu' if env.accelerator == 'gpu' else 'cpu'}",
+            f"batch_size={batch}",
+            f"num_workers={env.workers}",
+            f"precision={env.precision}",
+            "overwrite=true",
         ]
         cfg = compose(args.conf_dir, overrides)
         with quiet(not args.verbose):
@@ -646,7 +722,9 @@ def bench_cache(env: Env, setting: Setting, log: Callable[[str], None]) -> dict[
             warm = run_cell(cfg)
             t2 = time.perf_counter()
         if cold["cached"] != {"database": False, "query": False} or warm["cached"] != {"database": True, "query": True}:
-            raise RuntimeError(f"cache bench: expected a cold then a cached cell, got {cold['cached']} / {warm['cached']}")
+            raise RuntimeError(
+                f"cache bench: expected a cold then a cached cell, got {cold['cached']} / {warm['cached']}"
+            )
         if r >= args.warmup:
             tc.append(t1 - t0)
             tw.append(t2 - t1)
@@ -774,12 +852,21 @@ def rss_child(params: dict[str, Any]) -> dict[str, Any]:
         backbone, cfg = build(env, params["model"])
         sampler = MemorySampler()
         sampler.start()
-        t_model, _, _ = pipeline_run(env, backbone, subset(split, params["model_images"]), batch=params["batch"],
-                                     min_source=cfg.protocol.min_source_size)
+        t_model, _, _ = pipeline_run(
+            env,
+            backbone,
+            subset(split, params["model_images"]),
+            batch=params["batch"],
+            min_source=cfg.protocol.min_source_size,
+        )
         model_phase = sampler.phase()
         model_peak = gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        standin = Backbone(net=StandIn(backbone.dim).eval().requires_grad_(False), preprocess=backbone.preprocess,
-                           dim=backbone.dim, unit_norm=False)
+        standin = Backbone(
+            net=StandIn(backbone.dim).eval().requires_grad_(False),
+            preprocess=backbone.preprocess,
+            dim=backbone.dim,
+            unit_norm=False,
+        )
         t_all, _, _ = pipeline_run(env, standin, split, batch=params["batch"], min_source=cfg.protocol.min_source_size)
         full_phase = sampler.phase()
         sampler.stop()
@@ -811,18 +898,33 @@ def bench_memory(env: Env, setting: Setting, log: Callable[[str], None]) -> dict
     args = env.args
     size, n = args.rss_size, args.rss_images
     batch = setting.batch or args.batch_size or args.config_batch_size
-    log(f"  memory: a fresh process maps {n} x {size}x{size}x3 ({gb(n * size * size * 3):.1f} GB), runs {setting.model} "
-        f"over {args.rss_model_batches} batches of {batch}, then a stand-in backbone over all {math.ceil(n / batch)} batches")
-    child_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("settings", "rss_child")}
-    params = {"args": child_args, "size": size, "images": n, "model": setting.model, "batch": batch,
-              "model_images": min(n, args.rss_model_batches * batch)}
+    log(
+        f"  memory: a fresh process maps {n} x {size}x{size}x3 ({gb(n * size * size * 3):.1f} GB), runs {setting.model} "
+        f"over {args.rss_model_batches} batches of {batch}, then a stand-in backbone over all {math.ceil(n / batch)} batches"
+    )
+    child_args = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("settings", "rss_child")
+    }
+    params = {
+        "args": child_args,
+        "size": size,
+        "images": n,
+        "model": setting.model,
+        "batch": batch,
+        "model_images": min(n, args.rss_model_batches * batch),
+    }
     env_vars = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cbmir.bench", "--rss-child", json.dumps(params)],
-                          capture_output=True, text=True, env=env_vars, timeout=args.rss_timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cbmir.bench", "--rss-child", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+        timeout=args.rss_timeout,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RSS_MARK)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    out = json.loads(lines[-1][len(RSS_MARK):])
+    out = json.loads(lines[-1][len(RSS_MARK) :])
     # A PathMNIST cell's search phase: the database embeddings read into memory once by search_faiss
     # (ascontiguousarray of the memory map) and once more inside the FAISS index, plus the queries.
     emb = 4 * PATHMNIST["dim"]
@@ -841,8 +943,16 @@ def versions() -> dict[str, str]:
 
     from cbmir import __version__
 
-    out = {"cbmir": __version__, "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "timm": timm.__version__, "lightning": lightning.__version__, "numpy": np.__version__, "pillow": PIL.__version__}
+    out = {
+        "cbmir": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
     try:
         import faiss
 
@@ -883,8 +993,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": versions(),
         "load_average_start": list(os.getloadavg()),
     }
-    log(f"[cbmir.bench] {result['device_name']} · device {device} · {result['threads']} threads · precision {args.precision} · "
-        f"{args.num_workers} loader workers · {args.repeats} repeats after {args.warmup} warm-up")
+    log(
+        f"[cbmir.bench] {result['device_name']} · device {device} · {result['threads']} threads · precision {args.precision} · "
+        f"{args.num_workers} loader workers · {args.repeats} repeats after {args.warmup} warm-up"
+    )
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cbmir-bench-", dir=args.tmp_dir) as tmp:
         env = Env(args, Path(tmp))
@@ -915,7 +1027,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["peak_rss_gb"] = result["memory"]["peak_rss_gb"] if "memory" in result else float("nan")
     result["bench_process_peak_rss_gb"] = gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     result["targets"] = {
-        key: {"value": result[key], "target": f">= {target}", "holds": None if math.isnan(result[key]) else bool(result[key] >= target)}
+        key: {
+            "value": result[key],
+            "target": f">= {target}",
+            "holds": None if math.isnan(result[key]) else bool(result[key] >= target),
+        }
         for key, target in TARGETS.items()
     }
     result["seconds_total"] = time.perf_counter() - t_start
@@ -957,15 +1073,19 @@ def table(result: dict[str, Any]) -> str:
             f"{v['slices_per_s']['one_slice_per_forward']:.1f} slices/s -> {v['speedup_3d_batched']:.2f}x {fmt_range(spread(v['speedup_per_repeat']), 2)}"
         )
     s = result.get("search")
-    lines.append("" if not s else
-        f"search ({s['database']} x {s['queries']} x {s['dim']}{', scaled down' if s['scaled_down'] else ''}; loop timed on "
+    lines.append(
+        ""
+        if not s
+        else f"search ({s['database']} x {s['queries']} x {s['dim']}{', scaled down' if s['scaled_down'] else ''}; loop timed on "
         f"{s['loop_queries_timed']} queries): FAISS {median(s['seconds_faiss']):.2f} s, loop {median(s['seconds_loop_extrapolated']):.1f} s "
         f"-> {s['speedup_search']:.1f}x {fmt_range(spread(s['speedup_per_repeat']), 1)}; PathMNIST estimate: FAISS "
         f"{s['pathmnist_faiss_estimate_s']:.0f} s vs loop {s['pathmnist_loop_estimate_s'] / 60:.0f} min"
     )
     c = result.get("cache")
-    lines.append("" if not c else
-        f"cache ({c['database']} + {c['queries']} images): cold cell {median(c['seconds_cold']):.2f} s, cached "
+    lines.append(
+        ""
+        if not c
+        else f"cache ({c['database']} + {c['queries']} images): cold cell {median(c['seconds_cold']):.2f} s, cached "
         f"{median(c['seconds_cached']):.2f} s -> {c['cache_speedup']:.1f}x {fmt_range(spread(c['speedup_per_repeat']), 1)}"
     )
     if "memory" in result:
@@ -980,51 +1100,107 @@ def table(result: dict[str, Any]) -> str:
             f"PathMNIST search phase ~{m['pathmnist_search_phase_estimate_gb']:.1f} GB more"
         )
     lines.append("")
-    lines.append("targets: " + "; ".join(
-        f"{k} {t['value']:.2f} {t['target']} {'skipped' if t['holds'] is None else 'ok' if t['holds'] else 'MISSED'}" for k, t in result["targets"].items()))
+    lines.append(
+        "targets: "
+        + "; ".join(
+            f"{k} {t['value']:.2f} {t['target']} {'skipped' if t['holds'] is None else 'ok' if t['holds'] else 'MISSED'}"
+            for k, t in result["targets"].items()
+        )
+    )
     lines.append(f"total {result['seconds_total']:.0f} s")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cbmir.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m cbmir.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 1)[1],
+    )
     p.add_argument("--model", default=None, help="a conf/model name or timm=<arch> (default: resnet50)")
     p.add_argument("--source-size", type=int, default=None, help="side of the synthetic source images (default 28)")
-    p.add_argument("--input-size", nargs="+", default=None,
-                   help="network input side(s), or auto (the model's own preprocessing); several give several settings")
-    p.add_argument("--setting", action="append", type=parse_setting, default=None, metavar="MODEL,SOURCE,INPUT[,BATCH]",
-                   help="a setting (repeatable); without --setting/--model/--source-size/--input-size: " + " ".join(DEFAULT_SETTINGS))
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="a Hydra override for the model config, e.g. model.arch=test_resnet.r160_in1k (repeatable)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per batch (default: the config's batch_size, 64; 16 for inputs above 64 px on CPU and in --quick)")
+    p.add_argument(
+        "--input-size",
+        nargs="+",
+        default=None,
+        help="network input side(s), or auto (the model's own preprocessing); several give several settings",
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        type=parse_setting,
+        default=None,
+        metavar="MODEL,SOURCE,INPUT[,BATCH]",
+        help="a setting (repeatable); without --setting/--model/--source-size/--input-size: "
+        + " ".join(DEFAULT_SETTINGS),
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for the model config, e.g. model.arch=test_resnet.r160_in1k (repeatable)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch (default: the config's batch_size, 64; 16 for inputs above 64 px on CPU and in --quick)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
-    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the config's num_workers)")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="data loader workers (default: the config's num_workers)"
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per method before timing (default 1)")
-    p.add_argument("--seconds", type=float, default=None, help="target seconds of forward per timed run (default 4; sizes the runs)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="target seconds of forward per timed run (default 4; sizes the runs)",
+    )
     p.add_argument("--batches", type=int, default=None, help="batches per timed run (overrides --seconds)")
     p.add_argument("--max-batches", type=int, default=64, help="at most this many batches per timed run")
     p.add_argument("--quick", action="store_true", help="a short run with the same keys: tiny sizes, 1 repeat")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "32-true", "bf16-mixed", "16-mixed"),
-                   help="auto: bf16-mixed on CUDA, 32-true on CPU (as cells)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "32-true", "bf16-mixed", "16-mixed"),
+        help="auto: bf16-mixed on CUDA, 32-true on CPU (as cells)",
+    )
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", dest="pretrained", action="store_true", help="load the model's real weights")
     weights.add_argument("--random", dest="pretrained", action="store_false", help="random weights (default)")
     p.set_defaults(pretrained=False)
     p.add_argument("--volumes", type=int, default=None, help="3D: volumes (default 64; 2 with --quick)")
-    p.add_argument("--slice-volumes", type=int, default=None,
-                   help="3D: volumes the one-slice-per-forward loop is timed on, then scaled (default 8; 2 with --quick)")
-    p.add_argument("--max-forward-batch", type=int, default=None, help="3D: most slices per forward pass (default: the config's)")
-    p.add_argument("--search-shape", default=None, metavar="N,Q,D",
-                   help="search: database, queries, width (default 20000,1000,2048; the PathMNIST shape is 89996,7180,2048)")
-    p.add_argument("--loop-queries", type=int, default=None, help="search: queries the per-query loop is timed on (default 50)")
-    p.add_argument("--cache-images", default=None, metavar="N,Q", help="cache: database and query images (default 2000,500)")
+    p.add_argument(
+        "--slice-volumes",
+        type=int,
+        default=None,
+        help="3D: volumes the one-slice-per-forward loop is timed on, then scaled (default 8; 2 with --quick)",
+    )
+    p.add_argument(
+        "--max-forward-batch", type=int, default=None, help="3D: most slices per forward pass (default: the config's)"
+    )
+    p.add_argument(
+        "--search-shape",
+        default=None,
+        metavar="N,Q,D",
+        help="search: database, queries, width (default 20000,1000,2048; the PathMNIST shape is 89996,7180,2048)",
+    )
+    p.add_argument(
+        "--loop-queries", type=int, default=None, help="search: queries the per-query loop is timed on (default 50)"
+    )
+    p.add_argument(
+        "--cache-images", default=None, metavar="N,Q", help="cache: database and query images (default 2000,500)"
+    )
     p.add_argument("--rss-images", type=int, default=None, help="memory: images in the large split (default 20000)")
     p.add_argument("--rss-size", type=int, default=None, help="memory: their side (default 224)")
-    p.add_argument("--rss-model-batches", type=int, default=None, help="memory: batches through the real backbone (default 2)")
+    p.add_argument(
+        "--rss-model-batches", type=int, default=None, help="memory: batches through the real backbone (default 2)"
+    )
     p.add_argument("--rss-timeout", type=int, default=1800)
     p.add_argument("--skip-3d", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
@@ -1091,7 +1267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps({**result, "settings_requested": [s.__dict__ for s in args.settings]}, indent=2, default=str))
+    tmp.write_text(
+        json.dumps({**result, "settings_requested": [s.__dict__ for s in args.settings]}, indent=2, default=str)
+    )
     os.replace(tmp, args.out)
     print(table(result))
     print(f"[cbmir.bench] wrote {args.out}")

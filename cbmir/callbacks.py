@@ -68,7 +68,9 @@ class RetrievalEvaluator(Callback):
         database = np.load(c.embeddings["database"], mmap_mode="r")
         queries = np.load(c.embeddings["query"], mmap_mode="r")
         index_gb = database.nbytes / 1e9
-        log.info("searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric)
+        log.info(
+            "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
+        )
         t0 = time.perf_counter()
         distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
         search_seconds = time.perf_counter() - t0
@@ -114,8 +116,16 @@ class RetrievalEvaluator(Callback):
 
         c = self.cell
         rel = relevance(c.labels["query"], c.labels["database"], neighbors)
-        title = f"{c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')} px · {c.record.get('protocol')}"
+        r = c.record
+        title = f"{r.get('model')} · {r.get('dataset')} · {r.get('size')} px · {r.get('protocol')}"
         return render_gallery(
-            c.out_dir / "gallery.png", c.images["query"], c.images["database"], neighbors,
-            c.labels["query"], c.labels["database"], rel, class_names=c.class_names, title=title,
+            c.out_dir / "gallery.png",
+            c.images["query"],
+            c.images["database"],
+            neighbors,
+            c.labels["query"],
+            c.labels["database"],
+            rel,
+            class_names=c.class_names,
+            title=title,
         )

@@ -88,7 +88,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"protocol.vote_ties must be one of {list(TIE_RULES)}, got {cfg.protocol.vote_ties!r}")
     n_database = int(medmnist_info(cfg.dataset.flag)["n_samples"][ROLE_SPLIT["database"]])
     if not isinstance(cfg.k, int) or not 1 <= cfg.k <= n_database:
-        raise ConfigError(f"k={cfg.k} must be an integer between 1 and the database size ({n_database} for {cfg.dataset.name})")
+        raise ConfigError(
+            f"k={cfg.k} must be an integer between 1 and the database size ({n_database} for {cfg.dataset.name})"
+        )
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
@@ -120,7 +122,9 @@ def volume_side(cfg: DictConfig) -> int | None:
     return max(cfg.size, cfg.protocol.min_source_size or 0)
 
 
-def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str) -> dict[str, Any]:
+def embedding_fields(
+    cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str
+) -> dict[str, Any]:
     """Everything the embeddings of one split depend on: the content key of the cache."""
     fields = {
         "model": model_id(cfg),
@@ -136,8 +140,12 @@ def embedding_fields(cfg: DictConfig, identity: dict[str, Any], preprocess: dict
     volume = volume_spec(cfg)
     if volume is not None:
         # the resampling method is versioned: change it and every 3D cache entry changes
-        fields["volume"] = {"aggregate": volume.aggregate, "planes": volume.planes, "side": volume_side(cfg),
-                            "resample": "spline3-axis0+bicubic2d, clipped, v1"}
+        fields["volume"] = {
+            "aggregate": volume.aggregate,
+            "planes": volume.planes,
+            "side": volume_side(cfg),
+            "resample": "spline3-axis0+bicubic2d, clipped, v1",
+        }
     if identity.get("weights") == "random":
         fields["seed"] = cfg.seed
     return fields
@@ -159,7 +167,9 @@ def resolve_precision(cfg: DictConfig) -> str:
     """``auto``: bf16 autocast where a GPU runs the cell, full fp32 on CPU."""
     if cfg.precision != "auto":
         return str(cfg.precision)
-    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (
+        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
     return "bf16-mixed" if on_gpu else "32-true"
 
 
@@ -209,7 +219,9 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         for role, split in ROLE_SPLIT.items()
     }
     if cfg.k > len(splits["database"]):
-        raise ConfigError(f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px")
+        raise ConfigError(
+            f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px"
+        )
     backbone = build_backbone(cfg.model)
     spec = backbone.preprocess.as_dict()
     cache_root = Path(cfg.paths.output_dir) / "cache"

@@ -193,9 +193,8 @@ def resize_volumes(volumes: np.ndarray, side: int) -> np.ndarray:
     clipping, so spline overshoot wrapped around (256.3 → 0, -1.5 → 255); cbmir clips
     first. Values are then truncated, like the study's ``astype(uint8)``.
     """
-    from scipy.ndimage import zoom
-
     import torch.nn.functional as F
+    from scipy.ndimage import zoom
 
     x = np.asarray(volumes, dtype=np.float32)
     if x.shape[1] != side:

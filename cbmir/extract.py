@@ -157,7 +157,9 @@ class EmbeddingModule(L.LightningModule):
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         outs = []
         for start in range(0, len(images), self.max_forward_batch):
-            x = preprocess(images[start : start + self.max_forward_batch], self.spec, min_source_size=self.min_source_size)
+            x = preprocess(
+                images[start : start + self.max_forward_batch], self.spec, min_source_size=self.min_source_size
+            )
             outs.append(self.backbone(x.contiguous(memory_format=input_layout(x))).float())
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 

@@ -42,7 +42,9 @@ class Gallery:
     border: int = 3
 
 
-def select_queries(query_labels: np.ndarray, per_class: int = 2, seed: int = 0, max_rows: int | None = None) -> np.ndarray:
+def select_queries(
+    query_labels: np.ndarray, per_class: int = 2, seed: int = 0, max_rows: int | None = None
+) -> np.ndarray:
     """A fixed, seeded sample: up to ``per_class`` queries of each class, grouped by class.
 
     Classes are label values in order (multi-label: label vectors, most frequent first). When
@@ -158,7 +160,11 @@ def build_gallery(
     relevance = np.asarray(relevance, dtype=bool)
     if relevance.shape != neighbors.shape:
         raise ValueError(f"relevance {relevance.shape} and neighbors {neighbors.shape} must have the same shape")
-    rows = np.asarray(queries, dtype=np.int64) if queries is not None else select_queries(q_labels, per_class, seed, max_rows)
+    rows = (
+        np.asarray(queries, dtype=np.int64)
+        if queries is not None
+        else select_queries(q_labels, per_class, seed, max_rows)
+    )
     k = min(neighbors.shape[1], max_cols)
     q_volume, db_volume = is_volume_array(query_images), is_volume_array(database_images)
 
@@ -180,18 +186,29 @@ def build_gallery(
     x_ranks = [x_query + cell + gap + j * (cell + spacing) for j in range(k)]
     y0 = margin + title_height
     if title:
-        text.append((width / 2, margin + title_height / 2 - 2, title,
-                     {"fontsize": 9, "ha": "center", "va": "center", "weight": "bold"}))
-    text.append((margin, height - margin - footer / 2 + 2,
-                 "frame: blue = query, green = relevant, red = not relevant",
-                 {**small, "ha": "left"}))
+        text.append(
+            (
+                width / 2,
+                margin + title_height / 2 - 2,
+                title,
+                {"fontsize": 9, "ha": "center", "va": "center", "weight": "bold"},
+            )
+        )
+    text.append(
+        (
+            margin,
+            height - margin - footer / 2 + 2,
+            "frame: blue = query, green = relevant, red = not relevant",
+            {**small, "ha": "left"},
+        )
+    )
     text.append((x_query + cell / 2, y0 + header / 2, "query", {**small, "weight": "bold"}))
     for j, x in enumerate(x_ranks):
         text.append((x + cell / 2, y0 + header / 2, f"#{j + 1}", {**small, "weight": "bold"}))
 
     def place(row: int, col: int, x: int, y: int, image: np.ndarray, colour: tuple[int, int, int], label: str) -> None:
-        canvas[y:y + cell, x:x + cell] = colour
-        canvas[y + border:y + border + tile, x + border:x + border + tile] = _resize(image, tile)
+        canvas[y : y + cell, x : x + cell] = colour
+        canvas[y + border : y + border + tile, x + border : x + border + tile] = _resize(image, tile)
         gallery.boxes[(row, col)] = (y, x, y + cell, x + cell)
         text.append((x + cell / 2, y - caption / 2, _shorten(label, chars), small))
 
@@ -206,8 +223,15 @@ def build_gallery(
             if di < 0:  # a search that found fewer than k results pads with -1: leave the slot empty
                 continue
             colour = RELEVANT if relevance[qi, j] else IRRELEVANT
-            place(r, j + 1, x_ranks[j], y, display_image(database_images[di], volume=db_volume), colour,
-                  class_text(db_labels[di], class_names))
+            place(
+                r,
+                j + 1,
+                x_ranks[j],
+                y,
+                display_image(database_images[di], volume=db_volume),
+                colour,
+                class_text(db_labels[di], class_names),
+            )
     return gallery
 
 
@@ -242,5 +266,7 @@ def render_gallery(
     **kwargs: Any,
 ) -> Path:
     """Build and save a gallery (``gallery.png`` of a cell); keyword arguments as :func:`build_gallery`."""
-    gallery = build_gallery(query_images, database_images, neighbors, query_labels, database_labels, relevance, **kwargs)
+    gallery = build_gallery(
+        query_images, database_images, neighbors, query_labels, database_labels, relevance, **kwargs
+    )
     return save_gallery(gallery, path)

@@ -43,8 +43,14 @@ def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None
         )
         # Flat keys W&B can group and filter on, whatever the nesting of the config.
         wandb_logger.experiment.config.update(
-            {"cell/model": model_id(cfg), "cell/dataset": cfg.dataset.name, "cell/size": cfg.size,
-             "cell/protocol": cfg.protocol.name, "cell/metric": cfg.protocol.metric, "cell/sweep": group or "single"},
+            {
+                "cell/model": model_id(cfg),
+                "cell/dataset": cfg.dataset.name,
+                "cell/size": cfg.size,
+                "cell/protocol": cfg.protocol.name,
+                "cell/metric": cfg.protocol.metric,
+                "cell/sweep": group or "single",
+            },
             allow_val_change=True,
         )
         loggers.append(wandb_logger)

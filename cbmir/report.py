@@ -110,8 +110,9 @@ def cell_from_result(result: dict[str, Any], path: Path | None = None) -> Cell:
         elif not isinstance(value, list):
             info[name] = value
     metrics = {str(k): float(v) for k, v in result["metrics"].items() if v is not None}
-    return Cell(str(result["protocol"]), str(result["dataset"]), int(result["size"]), str(result["model"]),
-                metrics, info, path)
+    return Cell(
+        str(result["protocol"]), str(result["dataset"]), int(result["size"]), str(result["model"]), metrics, info, path
+    )
 
 
 def find_result_files(inputs: Iterable[str | Path]) -> list[Path]:
@@ -152,8 +153,11 @@ def _results_of_multirun(folder: Path) -> list[Path]:
         if target.is_file():
             files.append(target)
         else:
-            log.warning("%s: no result at %s (cell failed, skipped, or output_dir is relative to another cwd)",
-                        config.parent.parent, target)
+            log.warning(
+                "%s: no result at %s (cell failed, skipped, or output_dir is relative to another cwd)",
+                config.parent.parent,
+                target,
+            )
     return files
 
 
@@ -170,7 +174,9 @@ def load_cells(files: Iterable[Path]) -> list[Cell]:
         if old is not None:
             newer = str(cell.info.get("created", "")) >= str(old.info.get("created", ""))
             kept, dropped = (cell, old) if newer else (old, cell)
-            log.warning("cell %s found twice: keeping %s, ignoring %s", "/".join(map(str, cell.key)), kept.path, dropped.path)
+            log.warning(
+                "cell %s found twice: keeping %s, ignoring %s", "/".join(map(str, cell.key)), kept.path, dropped.path
+            )
             cell = kept
         cells[cell.key] = cell
     return sort_cells(cells.values())
@@ -181,6 +187,7 @@ def load_cells(files: Iterable[Path]) -> list[Cell]:
 
 def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
     """The known names in the paper's order, then the others alphabetically (options such as ``+tri`` after their base)."""
+
     def key(name: str) -> tuple:
         base, _, options = name.partition("+")
         return (order.index(base) if base in order else len(order), base, options)
@@ -202,9 +209,10 @@ def protocol_order(names: Iterable[str]) -> list[str]:
 
 def metric_order(names: Iterable[str]) -> list[str]:
     """mAP@k, mMV@k, ACC@k (by k) as in the paper, then any others alphabetically."""
+
     def key(name: str) -> tuple:
         for i, family in enumerate(_METRIC_FAMILIES):
-            rest = name[len(family):]
+            rest = name[len(family) :]
             if name.startswith(family) and rest.isdigit():
                 return (i, int(rest), name)
         return (len(_METRIC_FAMILIES), 0, name)
@@ -260,8 +268,18 @@ def result_columns(cells: Sequence[Cell]) -> list[str]:
 
 
 def result_rows(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    return [{**c.info, **c.metrics, "protocol": c.protocol, "dataset": c.dataset, "size": c.size, "model": c.model,
-             "path": str(c.path) if c.path else ""} for c in cells]
+    return [
+        {
+            **c.info,
+            **c.metrics,
+            "protocol": c.protocol,
+            "dataset": c.dataset,
+            "size": c.size,
+            "model": c.model,
+            "path": str(c.path) if c.path else "",
+        }
+        for c in cells
+    ]
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
@@ -296,7 +314,7 @@ def _average_ranks(values: dict[str, float], higher_is_better: bool) -> dict[str
         j = i
         while j + 1 < len(ordered) and values[ordered[j + 1]] == values[ordered[i]]:
             j += 1
-        for m in ordered[i:j + 1]:
+        for m in ordered[i : j + 1]:
             ranks[m] = (i + j) / 2 + 1
         i = j + 1
     return ranks
@@ -311,7 +329,10 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join(["---"] + [":-:"] * (len(self.header) - 1)) + "|"]
+        lines = [
+            "| " + " | ".join(self.header) + " |",
+            "|" + "|".join(["---"] + [":-:"] * (len(self.header) - 1)) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines + ([""] + self.notes if self.notes else []))
 
@@ -348,7 +369,9 @@ def value_table(
     def best_of(column: dict[str, float]) -> float | None:
         return better(round(v, digits) for v in column.values()) if column else None
 
-    def render(model: str, size_list: list[int], value: Callable[[str, int], float | None], best: dict[int, float | None]) -> str:
+    def render(
+        model: str, size_list: list[int], value: Callable[[str, int], float | None], best: dict[int, float | None]
+    ) -> str:
         values = [value(model, s) for s in size_list]
         if not any(_finite(v) for v in values):
             return ""
@@ -361,8 +384,13 @@ def value_table(
     header = ["Model"] + [dataset_label(d) for d in datasets]
     size_row = ["*size (px)*"] + [" / ".join(map(str, sizes[d])) for d in datasets]
     columns = {d: {s: {m: grid[(d, s, m)] for m in models if (d, s, m) in grid} for s in sizes[d]} for d in datasets}
-    body = {m: [render(m, sizes[d], lambda mm, s, d=d: grid.get((d, s, mm)), {s: best_of(columns[d][s]) for s in sizes[d]})
-                for d in datasets] for m in models}
+    body = {
+        m: [
+            render(m, sizes[d], lambda mm, s, d=d: grid.get((d, s, mm)), {s: best_of(columns[d][s]) for s in sizes[d]})
+            for d in datasets
+        ]
+        for m in models
+    }
     notes = []
 
     if means:
@@ -382,8 +410,10 @@ def value_table(
             size_row.append(" / ".join(map(str, group_sizes)))
             for m in models:
                 body[m].append(render(m, group_sizes, lambda mm, s, mean=mean: mean.get((mm, s)), best))
-            notes.append(f"mean {name}: over {', '.join(dataset_label(d) for d in group)} "
-                         "(at each size, the datasets that have it); blank where a model misses one of them.")
+            notes.append(
+                f"mean {name}: over {', '.join(dataset_label(d) for d in group)} "
+                "(at each size, the datasets that have it); blank where a model misses one of them."
+            )
 
     if ranks:
         total: dict[str, list[float]] = {m: [] for m in models}
@@ -410,9 +440,13 @@ def coverage(cells: Sequence[Cell]) -> tuple[int, list[tuple[str, int, str]]]:
     datasets = dataset_order(c.dataset for c in cells)
     seen_sizes = {c.size for c in cells}
     have = {(c.dataset, c.size, c.model) for c in cells}
-    expected = [(d, s, m) for d in datasets for s in sorted(seen_sizes)
-                if not is_3d(d) or s in SIZES_3D or any(c.dataset == d and c.size == s for c in cells)
-                for m in models]
+    expected = [
+        (d, s, m)
+        for d in datasets
+        for s in sorted(seen_sizes)
+        if not is_3d(d) or s in SIZES_3D or any(c.dataset == d and c.size == s for c in cells)
+        for m in models
+    ]
     return len(expected), [e for e in expected if e not in have]
 
 
@@ -420,21 +454,25 @@ def tables_markdown(cells: Sequence[Cell], protocol: str) -> str:
     """``tables.md`` of one protocol: coverage, one table per metric, then the time per cell."""
     cells = [c for c in cells if c.protocol == protocol]
     n_expected, missing = coverage(cells)
-    out = [f"# Retrieval results, protocol `{protocol}`", "",
-           f"{len(cells)} cells ({n_expected - len(missing)} of the {n_expected} model × dataset × size combinations seen). "
-           "Each entry lists the values across sizes in the order of the *size* row (28 = MedMNIST's 28 px files, "
-           "which the study's protocols upsample to 32 px); "
-           f"**bold** = best of its dataset and size; {MISSING} = not run.", ""]
+    out = [
+        f"# Retrieval results, protocol `{protocol}`",
+        "",
+        f"{len(cells)} cells ({n_expected - len(missing)} of the {n_expected} model × dataset × size combinations seen). "
+        "Each entry lists the values across sizes in the order of the *size* row (28 = MedMNIST's 28 px files, "
+        "which the study's protocols upsample to 32 px); "
+        f"**bold** = best of its dataset and size; {MISSING} = not run.",
+        "",
+    ]
     if missing:
         shown = ", ".join(f"{model_label(m)}/{dataset_label(d)}/{s}" for d, s, m in missing[:40])
         out += [f"Missing: {shown}{' …' if len(missing) > 40 else ''}", ""]
     for metric in metric_order(m for c in cells for m in c.metrics):
         out += [f"## {metric} (%)", "", metric_table(cells, metric).markdown(), ""]
     if any(_finite(c.info.get("seconds_total")) for c in cells):
-        table = value_table(cells, lambda c: c.info.get("seconds_total"), higher_is_better=False, digits=1,
-                            ranks=False, means=False)
-        out += ["## Time per cell (s, extraction + search; cached embeddings make it short)", "",
-                table.markdown(), ""]
+        table = value_table(
+            cells, lambda c: c.info.get("seconds_total"), higher_is_better=False, digits=1, ranks=False, means=False
+        )
+        out += ["## Time per cell (s, extraction + search; cached embeddings make it short)", "", table.markdown(), ""]
     return "\n".join(out)
 
 
@@ -453,7 +491,9 @@ def load_paper(path: str | Path | None = None) -> PaperNumbers:
     out: dict[tuple[str, int, str], dict[str, float]] = {}
     for line, row in enumerate(reader, start=2):
         if row["dataset"] not in datasets or row["model"] not in models:
-            raise ValueError(f"{path or PAPER_CSV}:{line}: unknown dataset or model {row['dataset']!r}/{row['model']!r}")
+            raise ValueError(
+                f"{path or PAPER_CSV}:{line}: unknown dataset or model {row['dataset']!r}/{row['model']!r}"
+            )
         key = (datasets[row["dataset"]], int(row["size"]), models[row["model"]])
         out[key] = {m: float(row[m]) for m in PAPER_METRICS if row[m].strip()}
     return out
@@ -489,8 +529,18 @@ def compare_with_paper(cells: Sequence[Cell], paper: PaperNumbers | None = None)
                 continue
             theirs = published.get(metric)
             diff = round(round(ours, 2) - theirs, 2) if theirs is not None else None
-            rows.append({"protocol": c.protocol, "dataset": c.dataset, "size": c.size, "model": c.model,
-                         "metric": metric, "cbmir": ours, "paper": theirs, "diff": diff})
+            rows.append(
+                {
+                    "protocol": c.protocol,
+                    "dataset": c.dataset,
+                    "size": c.size,
+                    "model": c.model,
+                    "metric": metric,
+                    "cbmir": ours,
+                    "paper": theirs,
+                    "diff": diff,
+                }
+            )
     return rows
 
 
@@ -505,36 +555,62 @@ def summarize_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                 continue
             diffs = np.array([r["diff"] for r in sel if r["diff"] is not None], dtype=float)
             n = len(diffs)
-            out.append({
-                "model": model, "metric": metric, "n": n,
-                "cells": len({(r["dataset"], r["size"], r["model"]) for r in sel}),
-                "missing_paper": sum(r["paper"] is None for r in sel),
-                "mean_abs_diff": round(float(np.abs(diffs).mean()), 4) if n else None,
-                "mean_diff": round(float(diffs.mean()), 4) if n else None,
-                "max_abs_diff": round(float(np.abs(diffs).max()), 4) if n else None,
-                "within_1": int((np.abs(diffs) <= 1.0 + 1e-9).sum()),
-                "within_3": int((np.abs(diffs) <= 3.0 + 1e-9).sum()),
-            })
+            out.append(
+                {
+                    "model": model,
+                    "metric": metric,
+                    "n": n,
+                    "cells": len({(r["dataset"], r["size"], r["model"]) for r in sel}),
+                    "missing_paper": sum(r["paper"] is None for r in sel),
+                    "mean_abs_diff": round(float(np.abs(diffs).mean()), 4) if n else None,
+                    "mean_diff": round(float(diffs.mean()), 4) if n else None,
+                    "max_abs_diff": round(float(np.abs(diffs).max()), 4) if n else None,
+                    "within_1": int((np.abs(diffs) <= 1.0 + 1e-9).sum()),
+                    "within_3": int((np.abs(diffs) <= 3.0 + 1e-9).sum()),
+                }
+            )
     return out
 
 
 def comparison_markdown(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> str:
-    out = ["# cbmir vs the paper (protocol `paper`)", "",
-           "Published: Mahbod et al., arXiv 2409.09430, supplementary tables S.1–S.4 (`cbmir/resources/paper_results.csv`). "
-           "Δ = cbmir (rounded to 2 decimals) − paper, in percentage points; "
-           f"{MISSING} = the paper has no value (MedCLIP/BreastMNIST/64 is missing from the source). "
-           "CNN rows use timm's PyTorch weights where the paper used Keras', so small deltas are expected there.", ""]
+    out = [
+        "# cbmir vs the paper (protocol `paper`)",
+        "",
+        "Published: Mahbod et al., arXiv 2409.09430, supplementary tables S.1–S.4 (`cbmir/resources/paper_results.csv`). "
+        "Δ = cbmir (rounded to 2 decimals) − paper, in percentage points; "
+        f"{MISSING} = the paper has no value (MedCLIP/BreastMNIST/64 is missing from the source). "
+        "CNN rows use timm's PyTorch weights where the paper used Keras', so small deltas are expected there.",
+        "",
+    ]
     if not rows:
         return "\n".join(out + ["No cell of the study was run under protocol `paper`."]) + "\n"
     pooled = [s for s in summary if s["metric"] == "all"]
     per_metric = {(s["model"], s["metric"]): s for s in summary}
-    header = ["Model", "cells", "values", "mean abs Δ", "mean Δ", "max abs Δ", "within 1", "within 3", "no paper value",
-              *[f"abs Δ {m}" for m in PAPER_METRICS]]
+    header = [
+        "Model",
+        "cells",
+        "values",
+        "mean abs Δ",
+        "mean Δ",
+        "max abs Δ",
+        "within 1",
+        "within 3",
+        "no paper value",
+        *[f"abs Δ {m}" for m in PAPER_METRICS],
+    ]
     lines = ["## Summary per model", "", "| " + " | ".join(header) + " |", "|---" + "|--:" * (len(header) - 1) + "|"]
     for s in pooled:
         name = "**all models**" if s["model"] == "all" else model_label(s["model"])
-        cols = [str(s["cells"]), str(s["n"]), _fmt(s["mean_abs_diff"]), _fmt(s["mean_diff"]), _fmt(s["max_abs_diff"]),
-                f"{s['within_1']}/{s['n']}", f"{s['within_3']}/{s['n']}", str(s["missing_paper"])]
+        cols = [
+            str(s["cells"]),
+            str(s["n"]),
+            _fmt(s["mean_abs_diff"]),
+            _fmt(s["mean_diff"]),
+            _fmt(s["max_abs_diff"]),
+            f"{s['within_1']}/{s['n']}",
+            f"{s['within_3']}/{s['n']}",
+            str(s["missing_paper"]),
+        ]
         cols += [_fmt((per_metric.get((s["model"], m)) or {}).get("mean_abs_diff")) for m in PAPER_METRICS]
         lines.append("| " + " | ".join([name] + cols) + " |")
     out += lines + ["", "## Every cell: cbmir / paper (Δ)", ""]
@@ -614,12 +690,19 @@ def heatmap_figure(cells: Sequence[Cell], metric: str, path: Path) -> Path | Non
             for j in range(len(datasets)):
                 if np.isfinite(mat[i, j]):
                     light = (mat[i, j] - vmin) / (vmax - vmin) > 0.55
-                    ax.text(j, i, f"{mat[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                            color="black" if light else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{mat[i, j]:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="black" if light else "white",
+                    )
         ax.set_xticks(range(len(datasets)), [dataset_label(d) for d in datasets], rotation=35, ha="right", fontsize=8)
         ax.set_yticks(range(len(models)), [model_label(m) for m in models], fontsize=8)
         ax.set_title(f"{size} px", fontsize=10)
-    for ax in axes[len(sizes):]:
+    for ax in axes[len(sizes) :]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes[: len(sizes)].tolist(), shrink=0.8, label=f"{metric} (%)")
     fig.suptitle(f"{metric} (%) by model and dataset")
@@ -652,7 +735,7 @@ def size_curves_figure(cells: Sequence[Cell], metric: str, path: Path) -> Path |
         ax.set_ylabel(f"{metric} (%)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[len(datasets):]:
+    for ax in axes[len(datasets) :]:
         ax.set_visible(False)
     _legend(fig, axes[: len(datasets)], [model_label(m) for m in models])
     fig.suptitle(f"{metric} (%) vs image size")
@@ -681,8 +764,15 @@ def paper_scatter_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | N
         for m in models:
             sm = [r for r in sel if r["model"] == m]
             if sm:
-                ax.scatter([r["paper"] for r in sm], [r["cbmir"] for r in sm], s=16, color=colors[m],
-                           label=model_label(m), zorder=2, edgecolors="none")
+                ax.scatter(
+                    [r["paper"] for r in sm],
+                    [r["cbmir"] for r in sm],
+                    s=16,
+                    color=colors[m],
+                    label=model_label(m),
+                    zorder=2,
+                    edgecolors="none",
+                )
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
@@ -691,10 +781,15 @@ def paper_scatter_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path | N
         ax.set_xlabel("paper (%)", fontsize=8)
         ax.set_ylabel("cbmir (%)", fontsize=8)
         ax.tick_params(labelsize=8)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_axis_off()
-    _legend(axes[len(metrics)], axes[: len(metrics)], [model_label(m) for m in models] + ["±3 points"],
-            loc="center", frameon=False)
+    _legend(
+        axes[len(metrics)],
+        axes[: len(metrics)],
+        [model_label(m) for m in models] + ["±3 points"],
+        loc="center",
+        frameon=False,
+    )
     fig.suptitle("cbmir (y) vs the paper (x), protocol paper; diagonal = exact reproduction")
     return _save(fig, path)
 
@@ -706,7 +801,9 @@ def _legend(target, axes: Iterable, order: Sequence[str], **kwargs: Any) -> None
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     labels = [label for label in order if label in handles]
-    target.legend([handles[label] for label in labels], labels, **{"loc": "outside right center", "fontsize": 8, **kwargs})
+    target.legend(
+        [handles[label] for label in labels], labels, **{"loc": "outside right center", "fontsize": 8, **kwargs}
+    )
 
 
 def _save(fig, path: Path) -> Path:
@@ -733,14 +830,21 @@ def _folder_name(protocol: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", protocol)
 
 
-def build_report(cells: Sequence[Cell], out: str | Path, *, paper: PaperNumbers | None = None, figures: bool = True) -> Report:
+def build_report(
+    cells: Sequence[Cell], out: str | Path, *, paper: PaperNumbers | None = None, figures: bool = True
+) -> Report:
     """Write results.csv and index.md at ``out`` and one folder of tables, comparison and figures per protocol."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = sort_cells(cells)
     report = Report(out, cells)
     write_csv(out / "results.csv", result_columns(cells), result_rows(cells))
-    index = ["# cbmir report", "", f"{len(cells)} cells. `results.csv`: every cell of every protocol, one row each.", ""]
+    index = [
+        "# cbmir report",
+        "",
+        f"{len(cells)} cells. `results.csv`: every cell of every protocol, one row each.",
+        "",
+    ]
     for protocol in protocol_order(c.protocol for c in cells):
         pcells = [c for c in cells if c.protocol == protocol]
         folder = out / _folder_name(protocol)
@@ -755,7 +859,9 @@ def build_report(cells: Sequence[Cell], out: str | Path, *, paper: PaperNumbers 
             report.comparison, report.summary = rows, summary
             columns = ["protocol", "dataset", "size", "model", "metric", "cbmir", "paper", "diff"]
             files.append(write_csv(folder / "comparison.csv", columns, rows))
-            files.append(write_csv(folder / "comparison_summary.csv", list(summary[0]) if summary else ["model"], summary))
+            files.append(
+                write_csv(folder / "comparison_summary.csv", list(summary[0]) if summary else ["model"], summary)
+            )
             (folder / "comparison.md").write_text(comparison_markdown(rows, summary))
             files.append(folder / "comparison.md")
         if figures:
@@ -774,26 +880,45 @@ def build_report(cells: Sequence[Cell], out: str | Path, *, paper: PaperNumbers 
         report.files[protocol] = files
         models = model_order(c.model for c in pcells)
         datasets = dataset_order(c.dataset for c in pcells)
-        index += [f"## protocol `{protocol}`: {len(pcells)} cells", "",
-                  f"{len(models)} models ({', '.join(models)}), {len(datasets)} datasets ({', '.join(datasets)}), "
-                  f"sizes {sorted({c.size for c in pcells})}.", ""]
+        index += [
+            f"## protocol `{protocol}`: {len(pcells)} cells",
+            "",
+            f"{len(models)} models ({', '.join(models)}), {len(datasets)} datasets ({', '.join(datasets)}), "
+            f"sizes {sorted({c.size for c in pcells})}.",
+            "",
+        ]
         index += [f"- [{f.relative_to(out)}]({f.relative_to(out).as_posix()})" for f in files]
         index.append("")
     (out / "index.md").write_text("\n".join(index))
     return report
 
 
-def log_to_wandb(report: Report, *, project: str = "cbmir", entity: str | None = None, mode: str = "offline",
-                 name: str | None = None, group: str | None = None, wandb_dir: str | Path | None = None) -> str | None:
+def log_to_wandb(
+    report: Report,
+    *,
+    project: str = "cbmir",
+    entity: str | None = None,
+    mode: str = "offline",
+    name: str | None = None,
+    group: str | None = None,
+    wandb_dir: str | Path | None = None,
+) -> str | None:
     """One W&B run (job_type ``report``) with the results and comparison as tables and every figure as an image."""
     import wandb
 
     wandb_dir = Path(wandb_dir or report.out)
     wandb_dir.mkdir(parents=True, exist_ok=True)
     protocols = list(report.files)
-    run = wandb.init(project=project, entity=entity, mode=mode, name=name or "report", group=group, job_type="report",
-                     dir=str(wandb_dir), config={"report/out": str(report.out), "report/protocols": protocols,
-                                                 "report/n_cells": len(report.cells)})
+    run = wandb.init(
+        project=project,
+        entity=entity,
+        mode=mode,
+        name=name or "report",
+        group=group,
+        job_type="report",
+        dir=str(wandb_dir),
+        config={"report/out": str(report.out), "report/protocols": protocols, "report/n_cells": len(report.cells)},
+    )
     try:
         payload: dict[str, Any] = {}
         for protocol in protocols:
@@ -805,11 +930,13 @@ def log_to_wandb(report: Report, *, project: str = "cbmir", entity: str | None =
                 payload[f"{protocol}/{png.stem}"] = wandb.Image(str(png), caption=f"{protocol}: {png.stem}")
         if report.comparison:
             columns = list(report.comparison[0])
-            payload["paper/comparison"] = wandb.Table(columns=columns,
-                                                      data=[[r[c] for c in columns] for r in report.comparison])
+            payload["paper/comparison"] = wandb.Table(
+                columns=columns, data=[[r[c] for c in columns] for r in report.comparison]
+            )
             columns = list(report.summary[0])
-            payload["paper/comparison_summary"] = wandb.Table(columns=columns,
-                                                              data=[[r[c] for c in columns] for r in report.summary])
+            payload["paper/comparison_summary"] = wandb.Table(
+                columns=columns, data=[[r[c] for c in columns] for r in report.summary]
+            )
             for s in report.summary:
                 if s["metric"] == "all" and s["mean_abs_diff"] is not None:
                     run.summary[f"paper_vs_cbmir/{s['model']}/mean_abs_diff"] = s["mean_abs_diff"]
@@ -844,22 +971,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m cbmir.report",
         description="Build the study's tables and figures from result folders and compare them with the paper.",
     )
-    p.add_argument("inputs", nargs="*", type=Path,
-                   help=f"output dirs, multirun dirs, result folders or result.json files (default: {output_dir})")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help=f"output dirs, multirun dirs, result folders or result.json files (default: {output_dir})",
+    )
     p.add_argument("--out", type=Path, default=None, help=f"report folder (default: {output_dir / 'report'})")
     p.add_argument("--no-figures", action="store_true", help="tables and CSV only")
-    p.add_argument("--with-published", action="store_true",
-                   help="also render the paper's own numbers as the pseudo-protocol 'published'")
+    p.add_argument(
+        "--with-published",
+        action="store_true",
+        help="also render the paper's own numbers as the pseudo-protocol 'published'",
+    )
     p.add_argument("--paper-csv", type=Path, default=None, help="published numbers (default: the packaged copy)")
     p.add_argument("--wandb", action="store_true", help="log the tables and figures to a W&B run (job_type=report)")
-    p.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default=None,
-                   help="default: $WANDB_MODE, else offline")
+    p.add_argument(
+        "--wandb-mode",
+        choices=("offline", "online", "disabled"),
+        default=None,
+        help="default: $WANDB_MODE, else offline",
+    )
     p.add_argument("--wandb-project", default="cbmir")
     p.add_argument("--wandb-entity", default=None)
     p.add_argument("--wandb-name", default=None, help="run name (default: report)")
     p.add_argument("--wandb-group", default=None, help="e.g. the sweep's group, to sit beside its cell runs")
-    p.add_argument("--wandb-dir", type=Path, default=None,
-                   help=f"where wandb/ goes (default: {output_dir}, beside the cells' runs)")
+    p.add_argument(
+        "--wandb-dir",
+        type=Path,
+        default=None,
+        help=f"where wandb/ goes (default: {output_dir}, beside the cells' runs)",
+    )
     args = p.parse_args(argv)
     args.inputs = args.inputs or [output_dir]
     args.out = args.out or output_dir / "report"
@@ -883,13 +1025,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     pooled = [s for s in report.summary if s["metric"] == "all" and s["model"] == "all"]
     if pooled and pooled[0]["n"]:
         s = pooled[0]
-        print(f"[cbmir] vs paper: mean |Δ| {s['mean_abs_diff']:.2f} over {s['n']} values, "
-              f"{s['within_1']} within 1 point, {s['within_3']} within 3 ({args.out / PAPER_PROTOCOL / 'comparison.md'})")
+        print(
+            f"[cbmir] vs paper: mean |Δ| {s['mean_abs_diff']:.2f} over {s['n']} values, "
+            f"{s['within_1']} within 1 point, {s['within_3']} within 3 ({args.out / PAPER_PROTOCOL / 'comparison.md'})"
+        )
     if args.wandb:
         mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
         if mode != "disabled":
-            where = log_to_wandb(report, project=args.wandb_project, entity=args.wandb_entity, mode=mode,
-                                 name=args.wandb_name, group=args.wandb_group, wandb_dir=args.wandb_dir)
+            where = log_to_wandb(
+                report,
+                project=args.wandb_project,
+                entity=args.wandb_entity,
+                mode=mode,
+                name=args.wandb_name,
+                group=args.wandb_group,
+                wandb_dir=args.wandb_dir,
+            )
             print(f"[cbmir] W&B ({mode}): {where}" + ("  (wandb sync it to upload)" if mode == "offline" else ""))
     return 0
 

@@ -39,7 +39,9 @@ def _sweep_group(multirun: bool) -> str | None:
 
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
-    many = str(cfg.trainer.strategy).startswith("ddp") and (cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes > 1)
+    many = str(cfg.trainer.strategy).startswith("ddp") and (
+        cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes > 1
+    )
     if many and multirun and not _launched_externally():
         raise ConfigError(
             "a multi-process sweep must be launched by torchrun (or SLURM), or Lightning re-executes the "

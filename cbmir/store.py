@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -96,7 +97,9 @@ def cache_path(root: Path, fields: dict[str, Any]) -> Path:
     A sidecar ``.json`` records the fields, so a cached file says what it holds.
     """
     key = cache_key(fields)
-    path = root / "embeddings" / str(fields["model"]) / f"{fields['dataset']}_{fields['size']}_{fields['split']}_{key}.npy"
+    path = (
+        root / "embeddings" / str(fields["model"]) / f"{fields['dataset']}_{fields['size']}_{fields['split']}_{key}.npy"
+    )
     return path
 
 

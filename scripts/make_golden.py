@@ -29,8 +29,8 @@ import json
 import sys
 import tempfile
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -54,7 +54,9 @@ def seeded_tensor(key: str, shape: Iterable[int]) -> torch.Tensor:
     return t
 
 
-def seeded_state_dict(layout: Mapping[str, Mapping], keep: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def seeded_state_dict(
+    layout: Mapping[str, Mapping], keep: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """``layout``: key → {"shape": [...], "dtype": "float32" | "int64" ...}. Integer entries come from ``keep``
     (the official buffers) or are zeros (for loaders that drop them)."""
     out = {}
@@ -101,7 +103,17 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "torchvision", "timm", "open_clip_torch", "conch-fork", "medclip", "transformers", "numpy", "pillow"):
+    for pkg in (
+        "torch",
+        "torchvision",
+        "timm",
+        "open_clip_torch",
+        "conch-fork",
+        "medclip",
+        "transformers",
+        "numpy",
+        "pillow",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -122,12 +134,11 @@ def _assert_all_loaded(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], i
 
 
 def make_conch() -> None:
-    from PIL import Image
-    from torchvision import transforms as T
-
     from conch.open_clip_custom import create_model_from_pretrained
     from conch.open_clip_custom.coca_model import CoCa
     from conch.open_clip_custom.factory import CFG_DIR
+    from PIL import Image
+    from torchvision import transforms as T
 
     cfg = json.loads((CFG_DIR / "conch_ViT-B-16.json").read_text())
     cfg.pop("custom_text", None)
@@ -146,14 +157,27 @@ def make_conch() -> None:
         study = model.encode_image(x, proj_contrast=False, normalize=True)
         projected = model.encode_image(x, proj_contrast=True, normalize=False)
     # the official transform is torchvision's Compose below (checked here, used as the reference in the tests)
-    ours = T.Compose([T.Resize(448, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(448),
-                      T.Lambda(lambda im: im.convert("RGB")), T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])
+    ours = T.Compose(
+        [
+            T.Resize(448, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(448),
+            T.Lambda(lambda im: im.convert("RGB")),
+            T.ToTensor(),
+            T.Normalize(OPENAI_MEAN, OPENAI_STD),
+        ]
+    )
     for h, w, mode, seed in ((28, 28, "RGB", 1), (64, 64, "L", 2), (300, 200, "RGB", 3)):
         im = Image.fromarray(synthetic_image(h, w, mode, seed))
         assert torch.equal(preprocess(im), ours(im)), "CONCH's transform is not the documented Compose"
     visual = {k: v for k, v in layout_of(released).items() if k.startswith("visual.")}
-    _save("conch", visual, study=study.numpy(), projected=projected.numpy(),
-          n_released_keys=np.array(len(released)), transform_is_torchvision_compose=np.array(True))
+    _save(
+        "conch",
+        visual,
+        study=study.numpy(),
+        projected=projected.numpy(),
+        n_released_keys=np.array(len(released)),
+        transform_is_torchvision_compose=np.array(True),
+    )
 
 
 # ------------------------------------------------------------------------------------------- BiomedCLIP
@@ -169,11 +193,10 @@ BIOMEDCLIP_VISION_CFG = {  # open_clip_config.json of microsoft/BiomedCLIP-PubMe
 
 def make_biomedclip() -> None:
     import torch.nn.functional as F
-    from PIL import Image
-    from torchvision import transforms as T
-
     from open_clip.model import _build_vision_tower
     from open_clip.transform import image_transform
+    from PIL import Image
+    from torchvision import transforms as T
 
     torch.manual_seed(0)
     visual = _build_vision_tower(512, BIOMEDCLIP_VISION_CFG)
@@ -183,13 +206,20 @@ def make_biomedclip() -> None:
         path = Path(tmp) / "open_clip_pytorch_model.bin"
         torch.save({**sd, "logit_scale": torch.tensor(4.6)}, path)
         loaded = torch.load(path, weights_only=True)
-    visual.load_state_dict({k[len("visual."):]: v for k, v in loaded.items() if k.startswith("visual.")}, strict=True)
+    visual.load_state_dict({k[len("visual.") :]: v for k, v in loaded.items() if k.startswith("visual.")}, strict=True)
     visual.eval()
     x = model_input((2, 3, 224, 224))
     img = synthetic_image(224, 224, "RGB", 4)
     preprocess = image_transform(224, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
-    ours = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                      T.Lambda(lambda im: im.convert("RGB")), T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])
+    ours = T.Compose(
+        [
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.Lambda(lambda im: im.convert("RGB")),
+            T.ToTensor(),
+            T.Normalize(OPENAI_MEAN, OPENAI_STD),
+        ]
+    )
     for h, w, mode, seed in ((28, 28, "RGB", 1), (64, 64, "L", 2), (300, 200, "RGB", 3)):
         im = Image.fromarray(synthetic_image(h, w, mode, seed))
         assert torch.equal(preprocess(im), ours(im)), "open_clip's transform is not the documented Compose"
@@ -203,11 +233,10 @@ def make_biomedclip() -> None:
 
 
 def make_medclip() -> None:
-    from PIL import Image
-    from transformers import BertConfig, BertModel, SwinConfig, SwinModel
-
     import medclip.modeling_medclip as mm
     from medclip.dataset import MedCLIPFeatureExtractor
+    from PIL import Image
+    from transformers import BertConfig, BertModel, SwinConfig, SwinModel
 
     def offline_auto_model(name, *args, **kwargs):  # the towers from their configs, no download
         if "swin" in name:
@@ -227,8 +256,11 @@ def make_medclip() -> None:
     _assert_all_loaded(model, sd)
     x = model_input((3, 1, 224, 224))
     extractor = MedCLIPFeatureExtractor()
-    images = {"rgb28": synthetic_image(28, 28, "RGB", 1), "l64": synthetic_image(64, 64, "L", 2),
-              "rgb30x40": synthetic_image(30, 40, "RGB", 5)}
+    images = {
+        "rgb28": synthetic_image(28, 28, "RGB", 1),
+        "l64": synthetic_image(64, 64, "L", 2),
+        "rgb30x40": synthetic_image(30, 40, "RGB", 5),
+    }
     arrays = {}
     with torch.inference_mode():
         arrays["embedding"] = model.encode_image(x).numpy()
@@ -242,29 +274,63 @@ def make_medclip() -> None:
 
 # ------------------------------------------------------------- transformers Dinov2 / SigLIP (small towers)
 
-DINOV2_CFG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=14, image_size=56,
-                  layerscale_value=1.0, mlp_ratio=4, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True)
-SIGLIP_CFG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, patch_size=14,
-                  image_size=56, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+DINOV2_CFG = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    patch_size=14,
+    image_size=56,
+    layerscale_value=1.0,
+    mlp_ratio=4,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+    qkv_bias=True,
+)
+SIGLIP_CFG = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    patch_size=14,
+    image_size=56,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu_pytorch_tanh",
+)
 
 
 def _dinov2_v4_layout(c: dict) -> dict[str, dict]:
     """The transformers-4.x ``Dinov2Model`` names, as the hub's model.safetensors files store them."""
     d, n = c["hidden_size"], (c["image_size"] // c["patch_size"]) ** 2
     f = lambda *s: {"shape": list(s), "dtype": "float32"}  # noqa: E731
-    out = {"embeddings.cls_token": f(1, 1, d), "embeddings.mask_token": f(1, d),
-           "embeddings.position_embeddings": f(1, n + 1, d),
-           "embeddings.patch_embeddings.projection.weight": f(d, 3, c["patch_size"], c["patch_size"]),
-           "embeddings.patch_embeddings.projection.bias": f(d), "layernorm.weight": f(d), "layernorm.bias": f(d)}
+    out = {
+        "embeddings.cls_token": f(1, 1, d),
+        "embeddings.mask_token": f(1, d),
+        "embeddings.position_embeddings": f(1, n + 1, d),
+        "embeddings.patch_embeddings.projection.weight": f(d, 3, c["patch_size"], c["patch_size"]),
+        "embeddings.patch_embeddings.projection.bias": f(d),
+        "layernorm.weight": f(d),
+        "layernorm.bias": f(d),
+    }
     for i in range(c["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         for name in ("query", "key", "value"):
             out[p + f"attention.attention.{name}.weight"], out[p + f"attention.attention.{name}.bias"] = f(d, d), f(d)
-        out.update({p + "attention.output.dense.weight": f(d, d), p + "attention.output.dense.bias": f(d),
-                    p + "norm1.weight": f(d), p + "norm1.bias": f(d), p + "norm2.weight": f(d), p + "norm2.bias": f(d),
-                    p + "layer_scale1.lambda1": f(d), p + "layer_scale2.lambda1": f(d),
-                    p + "mlp.fc1.weight": f(4 * d, d), p + "mlp.fc1.bias": f(4 * d),
-                    p + "mlp.fc2.weight": f(d, 4 * d), p + "mlp.fc2.bias": f(d)})
+        out.update(
+            {
+                p + "attention.output.dense.weight": f(d, d),
+                p + "attention.output.dense.bias": f(d),
+                p + "norm1.weight": f(d),
+                p + "norm1.bias": f(d),
+                p + "norm2.weight": f(d),
+                p + "norm2.bias": f(d),
+                p + "layer_scale1.lambda1": f(d),
+                p + "layer_scale2.lambda1": f(d),
+                p + "mlp.fc1.weight": f(4 * d, d),
+                p + "mlp.fc1.bias": f(4 * d),
+                p + "mlp.fc2.weight": f(d, 4 * d),
+                p + "mlp.fc2.bias": f(d),
+            }
+        )
     return out
 
 
@@ -291,8 +357,9 @@ def make_hf() -> None:
         SiglipVisionConfig(**SIGLIP_CFG).save_pretrained(tmp)
         template = SiglipVisionModel(SiglipVisionConfig(**SIGLIP_CFG)).state_dict()
         # 4.x SiglipVisionModel and the full SiglipModel both store the tower under "vision_model."
-        layout = {("vision_model." + k if not k.startswith("vision_model.") else k): v
-                  for k, v in layout_of(template).items()}
+        layout = {
+            ("vision_model." + k if not k.startswith("vision_model.") else k): v for k, v in layout_of(template).items()
+        }
         sd = seeded_state_dict(layout)
         save_file(sd, str(Path(tmp) / "model.safetensors"))
         model, info = SiglipVisionModel.from_pretrained(tmp, output_loading_info=True)

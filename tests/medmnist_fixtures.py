@@ -9,7 +9,9 @@ import numpy as np
 from cbmir.data import file_name
 
 
-def class_images(labels: np.ndarray, size: int, *, rgb: bool, rng: np.random.Generator, depth: int | None = None) -> np.ndarray:
+def class_images(
+    labels: np.ndarray, size: int, *, rgb: bool, rng: np.random.Generator, depth: int | None = None
+) -> np.ndarray:
     """Each class is a stripe orientation/frequency plus a tint; noise keeps the items distinct."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     out = []

@@ -12,8 +12,22 @@ from cbmir import bench
 from cbmir.cell import make_loader
 from cbmir.extract import EmbeddingModule
 
-TINY = ["--override", "model.arch=test_resnet.r160_in1k", "--override", "model.dim=96", "--override", "model.name=tiny_resnet"]
-FIGURES = ("pipeline_efficiency", "speedup_vs_conventional", "speedup_3d_batched", "speedup_search", "cache_speedup", "peak_rss_gb")
+TINY = [
+    "--override",
+    "model.arch=test_resnet.r160_in1k",
+    "--override",
+    "model.dim=96",
+    "--override",
+    "model.name=tiny_resnet",
+]
+FIGURES = (
+    "pipeline_efficiency",
+    "speedup_vs_conventional",
+    "speedup_3d_batched",
+    "speedup_search",
+    "cache_speedup",
+    "peak_rss_gb",
+)
 
 
 def positive(x) -> bool:
@@ -104,7 +118,11 @@ def test_preprocessing_runs_on_the_gpu(tmp_path, monkeypatch):
 
     devices = []
     real_preprocess = extract.preprocess
-    monkeypatch.setattr(extract, "preprocess", lambda images, spec, **kw: devices.append(images.device) or real_preprocess(images, spec, **kw))
+    monkeypatch.setattr(
+        extract,
+        "preprocess",
+        lambda images, spec, **kw: devices.append(images.device) or real_preprocess(images, spec, **kw),
+    )
     args = bench.parse_args(["--quick", "--device", "cuda", "--num-workers", "0", *TINY])
     env = bench.Env(args, tmp_path)
     backbone, _cfg = bench.build(env, "resnet50")
@@ -115,10 +133,14 @@ def test_preprocessing_runs_on_the_gpu(tmp_path, monkeypatch):
 
 def test_settings_parse():
     assert bench.parse_setting("resnet50,28,32") == bench.Setting("resnet50", 28, 32, None)
-    assert bench.parse_setting("timm=vit_base_patch16_224,64,auto,16") == bench.Setting("timm=vit_base_patch16_224", 64, None, 16)
+    assert bench.parse_setting("timm=vit_base_patch16_224,64,auto,16") == bench.Setting(
+        "timm=vit_base_patch16_224", 64, None, 16
+    )
     with pytest.raises(Exception):
         bench.parse_setting("resnet50,28")
     args = bench.parse_args(["--model", "resnet50", "--input-size", "32", "224", "--device", "cpu"])
     assert [(s.model, s.source, s.input) for s in args.settings] == [("resnet50", 28, 32), ("resnet50", 28, 224)]
     assert str(args.out).endswith("outputs/bench/bench.json") and not args.pretrained
-    assert [s.model for s in bench.parse_args(["--device", "cpu"]).settings] == [bench.parse_setting(s).model for s in bench.DEFAULT_SETTINGS]
+    assert [s.model for s in bench.parse_args(["--device", "cpu"]).settings] == [
+        bench.parse_setting(s).model for s in bench.DEFAULT_SETTINGS
+    ]

@@ -5,17 +5,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import base_overrides
 
 from cbmir import callbacks, cell, data
 from cbmir.cell import cell_dir, run_cell
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.metrics import retrieval_metrics
 from cbmir.search import search_torch
-from conftest import base_overrides
 
 CONTRACT_KEYS = {
-    "protocol", "dataset", "size", "model", "k", "metric", "n_queries", "n_database", "embedding_dim",
-    "metrics", "embeddings", "seconds", "cbmir_version", "created",
+    "protocol",
+    "dataset",
+    "size",
+    "model",
+    "k",
+    "metric",
+    "n_queries",
+    "n_database",
+    "embedding_dim",
+    "metrics",
+    "embeddings",
+    "seconds",
+    "cbmir_version",
+    "created",
 }
 
 
@@ -27,7 +39,12 @@ def test_result_contract(cell_cfg, data_dir):
     on_disk = json.loads((out / "result.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert CONTRACT_KEYS <= set(on_disk)
-    assert (on_disk["protocol"], on_disk["dataset"], on_disk["size"], on_disk["model"]) == ("paper", "bloodmnist", 28, "tiny_resnet")
+    assert (on_disk["protocol"], on_disk["dataset"], on_disk["size"], on_disk["model"]) == (
+        "paper",
+        "bloodmnist",
+        28,
+        "tiny_resnet",
+    )
     assert on_disk["metric"] == "l2" and on_disk["k"] == 5
     assert (on_disk["n_database"], on_disk["n_queries"], on_disk["embedding_dim"]) == (24, 12, 96)
     assert set(on_disk["metrics"]) == {"mAP@5", "mMV@5", "ACC@1", "ACC@3", "ACC@5"}
@@ -140,8 +157,11 @@ def test_wandb_offline_run_per_cell(cell_cfg, tmp_path):
 
 @pytest.mark.parametrize(
     "options,folder,dim",
-    [((), "adrenalmnist3d", 32 * 96), (("dataset.aggregate=mean",), "adrenalmnist3d+mean", 96),
-     (("dataset.planes=tri", "dataset.aggregate=max"), "adrenalmnist3d+tri-max", 96)],
+    [
+        ((), "adrenalmnist3d", 32 * 96),
+        (("dataset.aggregate=mean",), "adrenalmnist3d+mean", 96),
+        (("dataset.planes=tri", "dataset.aggregate=max"), "adrenalmnist3d+tri-max", 96),
+    ],
 )
 def test_3d_cells(cell_cfg, options, folder, dim):
     cfg = cell_cfg("dataset=adrenalmnist3d", "batch_size=4", *options)

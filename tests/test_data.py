@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from medmnist_fixtures import write_medmnist
 
 from cbmir import data
 from cbmir.data import ImageArrayDataset, ensure_file, file_name, md5sum, open_split, split_arrays
 from cbmir.errors import DataError
-from medmnist_fixtures import write_medmnist
 
 
 class _Dataset(dict):
@@ -177,7 +177,9 @@ def test_dataset_pickles_a_memory_map_by_reference(tmp_path):
     import pickle
 
     write_medmnist(tmp_path, "bloodmnist", 28, rgb=True)
-    ds = ImageArrayDataset(open_split(_Dataset(flag="bloodmnist", download=False, verify_md5=False), 28, tmp_path, "train"))
+    ds = ImageArrayDataset(
+        open_split(_Dataset(flag="bloodmnist", download=False, verify_md5=False), 28, tmp_path, "train")
+    )
     blob = pickle.dumps(ds)
     assert len(blob) < ds.split.images.nbytes / 4  # the pixels stay on disk
     clone = pickle.loads(blob)

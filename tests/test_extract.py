@@ -62,7 +62,7 @@ def test_pad_pastes_centred_without_upsampling():
     top = (224 - 28) // 2
     inside = x[0, 0, top : top + 28, top : top + 28]
     torch.testing.assert_close(inside, torch.full_like(inside, 200 / 255))
-    assert x[0, 0, : top].abs().sum() == 0 and x[0, 0, top + 28 :].abs().sum() == 0
+    assert x[0, 0, :top].abs().sum() == 0 and x[0, 0, top + 28 :].abs().sum() == 0
 
 
 def test_grayscale_spec_uses_luma():
@@ -136,10 +136,9 @@ def test_batched_slices_equal_one_slice_per_forward():
     vols = volumes()
     with torch.no_grad():
         batched = module(vols)
-        reference = torch.stack([
-            torch.cat([module.embed_images(s[None]) [0] for s in volume_slices(v[None], "tri")[0]])
-            for v in vols
-        ])
+        reference = torch.stack(
+            [torch.cat([module.embed_images(s[None])[0] for s in volume_slices(v[None], "tri")[0]]) for v in vols]
+        )
     torch.testing.assert_close(batched, reference)
 
 

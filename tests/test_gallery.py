@@ -72,13 +72,18 @@ def test_frames_follow_relevance(kind):
             expected = RELEVANT if rel[qi, j] else IRRELEVANT
             seen.add(expected)
             # every side of the frame, and not the inside of the tile
-            for y, x in ((top, left), (top + 1, (left + right) // 2), (bottom - 1, right - 1), ((top + bottom) // 2, left + 2)):
+            for y, x in (
+                (top, left),
+                (top + 1, (left + right) // 2),
+                (bottom - 1, right - 1),
+                ((top + bottom) // 2, left + 2),
+            ):
                 assert tuple(g.canvas[y, x]) == expected
             assert bottom - top == 16 + 2 * 3
     assert seen == {RELEVANT, IRRELEVANT}
     # the tile shows the neighbour's image as stored (tile = image size: no resampling), a volume's middle slice
     top, left, _, _ = g.boxes[(0, 1)]
-    shown = g.canvas[top + 3:top + 3 + 16, left + 3:left + 3 + 16]
+    shown = g.canvas[top + 3 : top + 3 + 16, left + 3 : left + 3 + 16]
     assert np.array_equal(shown, display_image(db_images[neighbors[g.queries[0], 0]], volume=kind == "3d"))
     if kind == "3d":
         assert np.array_equal(shown[..., 0], db_images[neighbors[g.queries[0], 0]][8])
@@ -93,10 +98,29 @@ def test_rendered_png_keeps_the_frames(tmp_path):
     q_images, db_images, neighbors, q_labels, db_labels = _data("rgb", side=28)
     rel = np.zeros(neighbors.shape, dtype=bool)
     rel[:, 0] = True  # rank 1 relevant, the rest not
-    path = render_gallery(tmp_path / "cell" / "gallery.png", q_images, db_images, neighbors, q_labels, db_labels, rel,
-                          class_names={"0": "benign", "1": "malignant"}, per_class=1, title="uni · breastmnist · 28")
-    g = build_gallery(q_images, db_images, neighbors, q_labels, db_labels, rel,
-                      class_names={"0": "benign", "1": "malignant"}, per_class=1, title="uni · breastmnist · 28")
+    path = render_gallery(
+        tmp_path / "cell" / "gallery.png",
+        q_images,
+        db_images,
+        neighbors,
+        q_labels,
+        db_labels,
+        rel,
+        class_names={"0": "benign", "1": "malignant"},
+        per_class=1,
+        title="uni · breastmnist · 28",
+    )
+    g = build_gallery(
+        q_images,
+        db_images,
+        neighbors,
+        q_labels,
+        db_labels,
+        rel,
+        class_names={"0": "benign", "1": "malignant"},
+        per_class=1,
+        title="uni · breastmnist · 28",
+    )
     image = (mpimg.imread(path)[..., :3] * 255).round().astype(np.uint8)
     assert image.shape == g.canvas.shape  # pixel for pixel
     for col, colour in ((1, RELEVANT), (2, IRRELEVANT), (3, IRRELEVANT)):
@@ -115,12 +139,21 @@ def test_mismatched_relevance_is_an_error():
 def test_any_image_size_fills_the_tile(side):
     q_images, db_images, neighbors, q_labels, db_labels = _data("gray", side=side)
     neighbors[0, 2] = -1  # a padded search result: its slot stays empty
-    g = build_gallery(q_images, db_images, neighbors, q_labels, db_labels, np.ones(neighbors.shape, bool),
-                      queries=[0, 1], tile=64, border=2)
+    g = build_gallery(
+        q_images,
+        db_images,
+        neighbors,
+        q_labels,
+        db_labels,
+        np.ones(neighbors.shape, bool),
+        queries=[0, 1],
+        tile=64,
+        border=2,
+    )
     assert list(g.queries) == [0, 1] and (0, 3) not in g.boxes and (1, 3) in g.boxes
     top, left, bottom, right = g.boxes[(1, 1)]
     assert (bottom - top, right - left) == (68, 68)
     flat = np.full((1, side, side), 90, dtype=np.uint8)
     g = build_gallery(flat, flat, np.zeros((1, 1), int), [[0]], [[0]], queries=[0], tile=64, border=2)
     top, left, _, _ = g.boxes[(0, 1)]
-    assert (g.canvas[top + 2:top + 66, left + 2:left + 66] == 90).all()
+    assert (g.canvas[top + 2 : top + 66, left + 2 : left + 66] == 90).all()

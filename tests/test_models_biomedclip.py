@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from golden_recipe import recipe
 from omegaconf import OmegaConf
 
 from cbmir.extract import preprocess
 from cbmir.models import build_backbone
-from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -34,7 +34,11 @@ def model_cfg(**over):
 def released(tmp_path_factory):
     r = recipe()
     sd = r.seeded_state_dict(json.loads((GOLDEN / "biomedclip_keys.json").read_text()))
-    full = {**sd, "text.transformer.embeddings.word_embeddings.weight": torch.zeros(4, 8), "logit_scale": torch.tensor(4.6)}
+    full = {
+        **sd,
+        "text.transformer.embeddings.word_embeddings.weight": torch.zeros(4, 8),
+        "logit_scale": torch.tensor(4.6),
+    }
     folder = tmp_path_factory.mktemp("biomedclip")
     torch.save(full, folder / "open_clip_pytorch_model.bin")
     return folder, sd
@@ -49,7 +53,7 @@ def test_biomedclip_equals_open_clip(released):
     assert bb.dim == 512 and bb.unit_norm
     x = recipe().model_input((2, 3, 224, 224))
     official = _build_vision_tower(512, recipe().BIOMEDCLIP_VISION_CFG).eval()
-    official.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, strict=True)
+    official.load_state_dict({k[len("visual.") :]: v for k, v in sd.items()}, strict=True)
     with torch.no_grad():
         ours = bb.net(x)
         assert torch.equal(ours, F.normalize(official(x), dim=-1))  # the same math: bit for bit
@@ -81,7 +85,9 @@ def test_biomedclip_downloads_the_pinned_revision(released, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     bb = build_backbone(model_cfg())
     assert calls == [(REPO, "open_clip_pytorch_model.bin", "f658b0b9eeca714b891d004b2d714c7ad3705170", "hf_test_token")]
-    assert bb.identity["weights"] == f"hf-hub:{REPO}/open_clip_pytorch_model.bin@f658b0b9eeca714b891d004b2d714c7ad3705170"
+    assert (
+        bb.identity["weights"] == f"hf-hub:{REPO}/open_clip_pytorch_model.bin@f658b0b9eeca714b891d004b2d714c7ad3705170"
+    )
 
 
 def test_resampled_preprocessing_is_close_to_pil_but_not_exact():
@@ -94,8 +100,14 @@ def test_resampled_preprocessing_is_close_to_pil_but_not_exact():
     r = recipe()
     with torch.device("meta"):
         spec = build_backbone(model_cfg(pretrained=False)).preprocess
-    ref = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                     T.ToTensor(), T.Normalize(r.OPENAI_MEAN, r.OPENAI_STD)])
+    ref = T.Compose(
+        [
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(r.OPENAI_MEAN, r.OPENAI_STD),
+        ]
+    )
     for size in (28, 64, 128):
         img = r.synthetic_image(size, size, "RGB", size)
         d = (preprocess(torch.from_numpy(img)[None], spec)[0] - ref(Image.fromarray(img))).abs()

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from golden_recipe import recipe
 from omegaconf import OmegaConf
 from torch import nn
 
 from cbmir.errors import WeightsError
 from cbmir.models import build_backbone
-from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -72,8 +72,14 @@ def test_conch_equals_official_encode_image(conch_file):
 def test_conch_keys_keep_the_image_tower_only():
     layout = json.loads((GOLDEN / "conch_keys.json").read_text())
     prefixes = {".".join(k.split(".")[:2]) for k in layout}
-    assert prefixes == {"visual.trunk", "visual.attn_pool_contrast", "visual.attn_pool_caption",
-                        "visual.ln_contrast", "visual.ln_caption", "visual.proj_contrast"}
+    assert prefixes == {
+        "visual.trunk",
+        "visual.attn_pool_contrast",
+        "visual.attn_pool_caption",
+        "visual.ln_contrast",
+        "visual.ln_caption",
+        "visual.proj_contrast",
+    }
     from cbmir.models.conch import ConchVision, conch_key_map
 
     with torch.device("meta"):
@@ -89,7 +95,9 @@ def test_conch_missing_and_unexpected_keys_raise(tmp_path):
     sd = r.seeded_state_dict(small)
     sd["visual.extra.weight"] = torch.zeros(3)
     torch.save(sd, tmp_path / "partial.bin")
-    with pytest.raises(WeightsError, match=r"missing keys \[proj_contrast, trunk\.cls_token.*1 unexpected keys \[extra\.weight\]"):
+    with pytest.raises(
+        WeightsError, match=r"missing keys \[proj_contrast, trunk\.cls_token.*1 unexpected keys \[extra\.weight\]"
+    ):
         build_backbone(model_cfg("conch", weights=str(tmp_path / "partial.bin")))
 
 
@@ -103,8 +111,14 @@ def test_conch_preprocessing_matches_the_official_transform_where_no_resampling_
     r = recipe()
     with torch.device("meta"):
         spec = build_backbone(model_cfg("conch", pretrained=False)).preprocess
-    ref = T.Compose([T.Resize(448, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(448),
-                     T.ToTensor(), T.Normalize(r.OPENAI_MEAN, r.OPENAI_STD)])
+    ref = T.Compose(
+        [
+            T.Resize(448, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(448),
+            T.ToTensor(),
+            T.Normalize(r.OPENAI_MEAN, r.OPENAI_STD),
+        ]
+    )
     img = r.synthetic_image(448, 448, "RGB", 7)
     ours = preprocess(torch.from_numpy(img)[None], spec)[0]
     torch.testing.assert_close(ours, ref(Image.fromarray(img)), rtol=0, atol=1e-5)
@@ -143,8 +157,17 @@ class TridentConch15(nn.Module):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
 
-        self.trunk = VisionTransformer(img_size=224, patch_size=16, embed_dim=1024, depth=depth, num_heads=16,
-                                       qkv_bias=True, init_values=1.0, num_classes=0, dynamic_img_size=True)
+        self.trunk = VisionTransformer(
+            img_size=224,
+            patch_size=16,
+            embed_dim=1024,
+            depth=depth,
+            num_heads=16,
+            qkv_bias=True,
+            init_values=1.0,
+            num_classes=0,
+            dynamic_img_size=True,
+        )
         self.attn_pool_contrast = TridentPooler()
         self.ln_contrast = nn.LayerNorm(768)
 
@@ -153,8 +176,11 @@ class TridentConch15(nn.Module):
         tokens = t.patch_embed(x).flatten(1, 2)  # dynamic_img_size: (B, H, W, C) patches
         tokens = torch.cat([t.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         n, side, w0 = t.pos_embed.shape[1] - 1, 14, x.shape[-1] // 16 + 0.1
-        patch = F.interpolate(t.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2),
-                              scale_factor=(w0 / math.sqrt(n), w0 / math.sqrt(n)), mode="bicubic")
+        patch = F.interpolate(
+            t.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2),
+            scale_factor=(w0 / math.sqrt(n), w0 / math.sqrt(n)),
+            mode="bicubic",
+        )
         pos = torch.cat([t.pos_embed[:, :1], patch.permute(0, 2, 3, 1).reshape(1, -1, 1024)], dim=1)
         tokens = t.norm(t.blocks(tokens + pos))
         return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])

@@ -25,15 +25,34 @@ CONF = ROOT / "conf" / "model"
 
 #: model → (embedding width, unit norm): the values the YAML comments document.
 FOUNDATION = {
-    "uni": (1024, False), "conch": (512, True), "biomedclip": (512, True), "openclip": (1024, False),
-    "medclip": (512, True), "uni2h": (1536, False), "conch15": (768, False), "virchow2": (2560, False),
-    "hoptimus0": (1536, False), "gigapath": (1536, False), "phikon2": (1024, False), "dinov2_s": (384, False),
-    "dinov2_b": (768, False), "dinov2_l": (1024, False), "dinov2_g": (1536, False), "raddino": (768, False),
+    "uni": (1024, False),
+    "conch": (512, True),
+    "biomedclip": (512, True),
+    "openclip": (1024, False),
+    "medclip": (512, True),
+    "uni2h": (1536, False),
+    "conch15": (768, False),
+    "virchow2": (2560, False),
+    "hoptimus0": (1536, False),
+    "gigapath": (1536, False),
+    "phikon2": (1024, False),
+    "dinov2_s": (384, False),
+    "dinov2_b": (768, False),
+    "dinov2_l": (1024, False),
+    "dinov2_g": (1536, False),
+    "raddino": (768, False),
     "medsiglip": (1152, False),
 }
-GATED = {"uni": "MahmoodLab/UNI", "conch": "MahmoodLab/CONCH", "uni2h": "MahmoodLab/UNI2-h",
-         "conch15": "MahmoodLab/conchv1_5", "virchow2": "paige-ai/Virchow2", "hoptimus0": "bioptimus/H-optimus-0",
-         "gigapath": "prov-gigapath/prov-gigapath", "medsiglip": "google/medsiglip-448"}
+GATED = {
+    "uni": "MahmoodLab/UNI",
+    "conch": "MahmoodLab/CONCH",
+    "uni2h": "MahmoodLab/UNI2-h",
+    "conch15": "MahmoodLab/conchv1_5",
+    "virchow2": "paige-ai/Virchow2",
+    "hoptimus0": "bioptimus/H-optimus-0",
+    "gigapath": "prov-gigapath/prov-gigapath",
+    "medsiglip": "google/medsiglip-448",
+}
 
 
 def model_cfg(model: str, /, **over):
@@ -74,8 +93,15 @@ def test_study_preprocessing_specs():
             return build_backbone(model_cfg(name, pretrained=False)).preprocess
 
     openai = (0.48145466, 0.4578275, 0.40821073)
-    assert spec("uni").as_dict() == {"input_size": 224, "min_size": 1, "resize": "resize", "interpolation": "bilinear",
-                                          "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "grayscale": False}
+    assert spec("uni").as_dict() == {
+        "input_size": 224,
+        "min_size": 1,
+        "resize": "resize",
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "grayscale": False,
+    }
     for name, size in (("conch", 448), ("biomedclip", 224), ("openclip", 224)):
         s = spec(name)
         assert (s.input_size, s.resize, s.interpolation, s.mean) == (size, "resize_crop", "bicubic", openai)
@@ -95,8 +121,13 @@ def test_gigapath_resizes_to_256_and_crops_224_inside_the_net():
     img = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (2, 64, 64, 3), dtype=np.uint8))
     x = crop(preprocess(img, bb.preprocess))
     ref = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(
-        T.CenterCrop(224)(torch.nn.functional.interpolate(img.permute(0, 3, 1, 2).float(), size=(256, 256), mode="bicubic",
-                                                          align_corners=False, antialias=True).clamp(0, 255)) / 255)
+        T.CenterCrop(224)(
+            torch.nn.functional.interpolate(
+                img.permute(0, 3, 1, 2).float(), size=(256, 256), mode="bicubic", align_corners=False, antialias=True
+            ).clamp(0, 255)
+        )
+        / 255
+    )
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
 
 
@@ -130,7 +161,9 @@ def test_gated_repository_without_a_token(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    with pytest.raises(WeightsError, match=r"MahmoodLab/UNI is gated and no Hugging Face token is set.*set HF_TOKEN.*model\.weights="):
+    with pytest.raises(
+        WeightsError, match=r"MahmoodLab/UNI is gated and no Hugging Face token is set.*set HF_TOKEN.*model\.weights="
+    ):
         build_backbone(model_cfg("uni"))
 
 
@@ -217,7 +250,11 @@ def test_local_weights_round_trip(tmp_path, fmt):
 def test_generic_timm_uses_the_models_own_config():
     bb = build_backbone(model_cfg("timm", arch="test_vit.r160_in1k", pretrained=False))
     # test_vit.r160_in1k: 160 px, crop_pct 0.95, bicubic, mean/std 0.5
-    assert (bb.preprocess.input_size, bb.preprocess.resize, bb.preprocess.interpolation) == (168, "resize_crop", "bicubic")
+    assert (bb.preprocess.input_size, bb.preprocess.resize, bb.preprocess.interpolation) == (
+        168,
+        "resize_crop",
+        "bicubic",
+    )
     assert bb.preprocess.mean == (0.5, 0.5, 0.5) and bb.net[0].size == 160
     with torch.no_grad():
         out = bb.net(torch.zeros(1, 3, 168, 168))
@@ -259,9 +296,19 @@ def test_generic_open_clip_from_a_hub_repository(tmp_path, monkeypatch):
     torch.manual_seed(1)
     reference = open_clip.create_model("ViT-S-32", pretrained=None).eval()
     torch.save(reference.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": open_clip.get_model_config("ViT-S-32"),
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear", "resize_mode": "squash"}}))
+    (tmp_path / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": open_clip.get_model_config("ViT-S-32"),
+                "preprocess_cfg": {
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.5, 0.5, 0.5],
+                    "interpolation": "bilinear",
+                    "resize_mode": "squash",
+                },
+            }
+        )
+    )
     seen = []
 
     def fake(repo_id, filename, **kwargs):
@@ -272,8 +319,11 @@ def test_generic_open_clip_from_a_hub_repository(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     bb = build_backbone(model_cfg("open_clip", tag="hf-hub:someone/clip-s32"))
-    assert seen == [("someone/clip-s32", "open_clip_config.json"), ("someone/clip-s32", "open_clip_model.safetensors"),
-                    ("someone/clip-s32", "open_clip_pytorch_model.bin")]
+    assert seen == [
+        ("someone/clip-s32", "open_clip_config.json"),
+        ("someone/clip-s32", "open_clip_model.safetensors"),
+        ("someone/clip-s32", "open_clip_pytorch_model.bin"),
+    ]
     s = bb.preprocess
     assert (s.input_size, s.resize, s.interpolation, s.mean) == (224, "resize", "bilinear", (0.5, 0.5, 0.5))
     x = torch.randn(1, 3, 224, 224)

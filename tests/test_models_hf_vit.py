@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_recipe import recipe
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from cbmir.errors import ConfigError, WeightsError
 from cbmir.models import build_backbone
 from cbmir.models.vit import preprocess_from_hf
-from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -59,15 +59,21 @@ def test_dinov2_models_equal_transformers(tmp_path, name):
 
 def test_dinov2_transformers5_names_load_too(tmp_path):
     def v5(key: str) -> str:
-        for old, new in (("attention.attention.query", "attention.q_proj"), ("attention.attention.key", "attention.k_proj"),
-                         ("attention.attention.value", "attention.v_proj"), ("attention.output.dense", "attention.o_proj")):
+        for old, new in (
+            ("attention.attention.query", "attention.q_proj"),
+            ("attention.attention.key", "attention.k_proj"),
+            ("attention.attention.value", "attention.v_proj"),
+            ("attention.output.dense", "attention.o_proj"),
+        ):
             key = key.replace(old, new)
         return key
 
     golden = np.load(GOLDEN / "hf_vit.npz")
     bb = build_backbone(model_cfg("raddino", kwargs=SMALL_DINOV2, weights=str(dinov2_files(tmp_path, v5))))
     with torch.no_grad():
-        np.testing.assert_allclose(bb.net(recipe().model_input((2, 3, 56, 56))).numpy(), golden["dinov2_cls"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            bb.net(recipe().model_input((2, 3, 56, 56))).numpy(), golden["dinov2_cls"], atol=1e-5, rtol=0
+        )
 
 
 def siglip_state_dict():
@@ -93,7 +99,10 @@ def test_sharded_safetensors_checkpoint(tmp_path):
     """A folder with model.safetensors.index.json and its shards (as large hub checkpoints are stored)."""
     sd = siglip_state_dict()
     keys = sorted(sd)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for shard, names in shards.items():
         save_file({k: sd[k] for k in names}, str(tmp_path / shard))
     index = {"metadata": {}, "weight_map": {k: shard for shard, names in shards.items() for k in names}}
@@ -101,7 +110,9 @@ def test_sharded_safetensors_checkpoint(tmp_path):
     golden = np.load(GOLDEN / "hf_vit.npz")
     bb = build_backbone(model_cfg("medsiglip", kwargs=SMALL_SIGLIP, weights=str(tmp_path)))
     with torch.no_grad():
-        np.testing.assert_allclose(bb.net(recipe().model_input((2, 3, 56, 56))).numpy(), golden["siglip_pooled"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            bb.net(recipe().model_input((2, 3, 56, 56))).numpy(), golden["siglip_pooled"], atol=1e-5, rtol=0
+        )
 
 
 def test_wrong_size_checkpoint_is_rejected(tmp_path):
@@ -113,14 +124,31 @@ def test_wrong_size_checkpoint_is_rejected(tmp_path):
 
 def test_preprocessor_config_beside_the_weights_sets_the_preprocessing(tmp_path):
     folder = dinov2_files(tmp_path / "w")
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 64},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": 56, "width": 56}, "do_rescale": True,
-        "rescale_factor": 0.00392156862745098, "do_normalize": True,
-        "image_mean": [0.5307, 0.5307, 0.5307], "image_std": [0.2583, 0.2583, 0.2583]}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "BitImageProcessor",
+                "do_resize": True,
+                "size": {"shortest_edge": 64},
+                "resample": 3,
+                "do_center_crop": True,
+                "crop_size": {"height": 56, "width": 56},
+                "do_rescale": True,
+                "rescale_factor": 0.00392156862745098,
+                "do_normalize": True,
+                "image_mean": [0.5307, 0.5307, 0.5307],
+                "image_std": [0.2583, 0.2583, 0.2583],
+            }
+        )
+    )
     bb = build_backbone(model_cfg("raddino", kwargs=SMALL_DINOV2, weights=str(folder)))
     spec = bb.preprocess
-    assert (spec.input_size, spec.resize, spec.interpolation, spec.mean) == (64, "resize_crop", "bicubic", (0.5307,) * 3)
+    assert (spec.input_size, spec.resize, spec.interpolation, spec.mean) == (
+        64,
+        "resize_crop",
+        "bicubic",
+        (0.5307,) * 3,
+    )
     assert bb.identity["preprocess_from"] == "preprocessor_config.json"
     assert isinstance(bb.net, torch.nn.Sequential) and bb.net[0].size == 56  # Resize(64) + CenterCrop(56)
     with torch.no_grad():
@@ -128,12 +156,21 @@ def test_preprocessor_config_beside_the_weights_sets_the_preprocessing(tmp_path)
 
 
 def test_preprocess_from_hf_variants():
-    siglip = {"do_resize": True, "size": {"height": 448, "width": 448}, "resample": 3, "do_rescale": True,
-              "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    siglip = {
+        "do_resize": True,
+        "size": {"height": 448, "width": 448},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
     spec, crop = preprocess_from_hf(siglip)
     assert (spec.input_size, spec.resize, spec.interpolation, crop) == (448, "resize", "bicubic", None)
-    spec, crop = preprocess_from_hf({**siglip, "size": {"shortest_edge": 256}, "resample": 2,
-                                     "do_center_crop": True, "crop_size": 224})
+    spec, crop = preprocess_from_hf(
+        {**siglip, "size": {"shortest_edge": 256}, "resample": 2, "do_center_crop": True, "crop_size": 224}
+    )
     assert (spec.input_size, spec.resize, spec.interpolation, crop) == (256, "resize_crop", "bilinear", 224)
     with pytest.raises(ConfigError):
         preprocess_from_hf({**siglip, "resample": 1})  # LANCZOS

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_recipe import recipe
 from omegaconf import OmegaConf
 
 from cbmir.errors import WeightsError
 from cbmir.extract import preprocess
 from cbmir.models import build_backbone
-from golden_recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -83,7 +83,9 @@ def test_medclip_processor_and_end_to_end(backbone, name):
 
 
 def test_medclip_without_weights_says_where_to_get_them():
-    with pytest.raises(WeightsError, match=r"not on the Hugging Face hub.*medclip-vit-pretrained\.zip.*model\.weights="):
+    with pytest.raises(
+        WeightsError, match=r"not on the Hugging Face hub.*medclip-vit-pretrained\.zip.*model\.weights="
+    ):
         build_backbone(model_cfg())
     assert build_backbone(model_cfg(pretrained=False)).identity["weights"] == "random"
 

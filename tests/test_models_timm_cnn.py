@@ -35,7 +35,11 @@ def test_cnn_gap_of_last_conv_block(name, dim):
 
 def test_efficientnetv2_uses_its_own_normalisation():
     assert build_backbone(model_cfg("efficientnetv2_m")).preprocess.mean == (0.5, 0.5, 0.5)
-    assert build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96)).preprocess.mean == (0.5, 0.5, 0.5)
+    assert build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96)).preprocess.mean == (
+        0.5,
+        0.5,
+        0.5,
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

@@ -25,9 +25,9 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from efficientnet_lite import timm_lite0_state_dict
 
 from cbmir.data import file_name
-from efficientnet_lite import timm_lite0_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = "tf_efficientnet_lite0.in1k"
@@ -133,7 +133,9 @@ def test_real_imagenet_weights_beat_random_init_on_real_tissue(tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "out"
     write_tissue_medmnist(data_dir, seed=0, n={"train": 120, "val": 12, "test": 60})
     pre = run_cell(data_dir, out_dir, "model.name=efficientnet_lite0", f"model.weights={weights}")
-    rnd = run_cell(data_dir, out_dir, "model.name=efficientnet_lite0_random", "model.weights=null", "model.pretrained=false")
+    rnd = run_cell(
+        data_dir, out_dir, "model.name=efficientnet_lite0_random", "model.weights=null", "model.pretrained=false"
+    )
 
     assert (pre["n_database"], rnd["n_database"]) == (120, 120)
     p, r = pre["metrics"], rnd["metrics"]

@@ -14,20 +14,34 @@ from cbmir import report as R
 FIVE = ("mAP@5", "mMV@5", "ACC@1", "ACC@3", "ACC@5")
 
 
-def write_result(root: Path, protocol: str, dataset: str, size: int, model: str, metrics: dict[str, float],
-                 **extra) -> Path:
+def write_result(
+    root: Path, protocol: str, dataset: str, size: int, model: str, metrics: dict[str, float], **extra
+) -> Path:
     """A result.json as a cell writes it (the fields the report reads, plus config noise it must ignore)."""
     folder = root / "results" / protocol / dataset / str(size) / model
     folder.mkdir(parents=True, exist_ok=True)
     result = {
-        "protocol": protocol, "dataset": dataset, "size": size, "model": model, "k": 5,
-        "metric": "cosine" if protocol == "standard" else "l2", "n_queries": 10, "n_database": 40,
-        "embedding_dim": 96, "metrics": metrics,
+        "protocol": protocol,
+        "dataset": dataset,
+        "size": size,
+        "model": model,
+        "k": 5,
+        "metric": "cosine" if protocol == "standard" else "l2",
+        "n_queries": 10,
+        "n_database": 40,
+        "embedding_dim": 96,
+        "metrics": metrics,
         "embeddings": {"database": "/x/db.npy", "query": "/x/q.npy"},
-        "seconds": {"extraction": 1.5, "search": 0.25, "total": 2.0}, "index_gb": 0.0001,
-        "unit_norm": False, "cached": {"database": False, "query": True}, "precision": "32-true",
-        "versions": {"cbmir": "0.1.0", "torch": "2.5.0"}, "config": {"model": {"name": model}},
-        "cbmir_version": "0.1.0", "created": "2025-01-01T00:00:00+00:00", **extra,
+        "seconds": {"extraction": 1.5, "search": 0.25, "total": 2.0},
+        "index_gb": 0.0001,
+        "unit_norm": False,
+        "cached": {"database": False, "query": True},
+        "precision": "32-true",
+        "versions": {"cbmir": "0.1.0", "torch": "2.5.0"},
+        "config": {"model": {"name": model}},
+        "cbmir_version": "0.1.0",
+        "created": "2025-01-01T00:00:00+00:00",
+        **extra,
     }
     (folder / "result.json").write_text(json.dumps(result))
     return folder
@@ -62,12 +76,17 @@ def test_results_csv_carries_every_number(sweep, tmp_path):
     cells = R.load_cells(R.find_result_files([sweep]))
     assert len(cells) == 9
     # paper order: protocol, dataset, size, model
-    assert [c.key for c in cells][:3] == [("paper", "breastmnist", 28, "vgg19"), ("paper", "breastmnist", 28, "uni"),
-                                          ("paper", "breastmnist", 64, "vgg19")]
+    assert [c.key for c in cells][:3] == [
+        ("paper", "breastmnist", 28, "vgg19"),
+        ("paper", "breastmnist", 28, "uni"),
+        ("paper", "breastmnist", 64, "vgg19"),
+    ]
     report = R.build_report(cells, tmp_path / "report", figures=False)
     rows = read_csv(report.out / "results.csv")
     assert len(rows) == 9
-    row = next(r for r in rows if (r["protocol"], r["dataset"], r["size"], r["model"]) == ("paper", "bloodmnist", "64", "uni"))
+    row = next(
+        r for r in rows if (r["protocol"], r["dataset"], r["size"], r["model"]) == ("paper", "bloodmnist", "64", "uni")
+    )
     assert float(row["mAP@5"]) == 95.00 and float(row["ACC@1"]) == 93.00
     assert row["embedding_dim"] == "96" and row["metric"] == "l2" and row["k"] == "5"
     assert float(row["seconds_extraction"]) == 1.5 and float(row["seconds_total"]) == 2.0
@@ -117,7 +136,13 @@ def test_paper_results_are_packaged_and_mapped():
     missing = set(R.study_cells()) - set(paper)
     assert missing == {("breastmnist", 64, "medclip")}
     assert paper[("bloodmnist", 224, "uni")]["mAP@5"] == 97.05
-    assert paper[("breastmnist", 28, "vgg19")] == {"mAP@5": 83.18, "mMV@5": 83.33, "ACC@1": 79.48, "ACC@3": 92.94, "ACC@5": 98.71}
+    assert paper[("breastmnist", 28, "vgg19")] == {
+        "mAP@5": 83.18,
+        "mMV@5": 83.33,
+        "ACC@1": 79.48,
+        "ACC@3": 92.94,
+        "ACC@5": 98.71,
+    }
     assert paper[("synapsemnist3d", 64, "conch")]["mAP@5"] == 80.40
     assert set(R.PAPER_MODELS) == {m for _, _, m in paper} and set(R.PAPER_DATASETS) == {d for d, _, _ in paper}
 
@@ -133,9 +158,13 @@ def test_comparison_with_the_paper(tmp_path):
     cells = R.load_cells(R.find_result_files([out]))
     rows = R.compare_with_paper(cells)
     got = {(r["dataset"], r["size"], r["model"], r["metric"]): r for r in rows}
-    assert set(got) == {("bloodmnist", 224, "uni", "mAP@5"), ("bloodmnist", 224, "uni", "ACC@1"),
-                        ("breastmnist", 28, "vgg19", "mAP@5"), ("breastmnist", 28, "vgg19", "ACC@1"),
-                        ("breastmnist", 64, "medclip", "mAP@5")}
+    assert set(got) == {
+        ("bloodmnist", 224, "uni", "mAP@5"),
+        ("bloodmnist", 224, "uni", "ACC@1"),
+        ("breastmnist", 28, "vgg19", "mAP@5"),
+        ("breastmnist", 28, "vgg19", "ACC@1"),
+        ("breastmnist", 64, "medclip", "mAP@5"),
+    }
     uni = got[("bloodmnist", 224, "uni", "mAP@5")]
     assert (uni["cbmir"], uni["paper"], uni["diff"]) == (97.304, 97.05, 0.25)  # ours rounded to 2 decimals first
     assert got[("bloodmnist", 224, "uni", "ACC@1")]["diff"] == 0.0
@@ -175,7 +204,13 @@ def test_partial_mixed_protocols_and_figures(sweep, tmp_path):
     assert "11.11" in standard_md and "83.18" not in standard_md and "## P@5 (%)" in standard_md
     assert "Missing: VGG19/BloodMNIST/64" in paper_md
     pngs = {p.name: p for p in report.files["paper"] if p.suffix == ".png"}
-    assert set(pngs) == {"heatmap_mAP5.png", "sizes_mAP5.png", "heatmap_ACC1.png", "sizes_ACC1.png", "paper_vs_cbmir.png"}
+    assert set(pngs) == {
+        "heatmap_mAP5.png",
+        "sizes_mAP5.png",
+        "heatmap_ACC1.png",
+        "sizes_ACC1.png",
+        "paper_vs_cbmir.png",
+    }
     for path in pngs.values():
         image = mpimg.imread(path)
         assert image.ndim == 3 and image.shape[0] >= 200 and image.shape[1] >= 300

@@ -5,8 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from conftest import base_overrides, run_cli
 
 
@@ -65,7 +63,9 @@ def test_unknown_key_is_rejected(data_dir, tmp_path):
 
 
 def test_ddp_sweep_without_torchrun_is_refused(data_dir, tmp_path):
-    proc = run_cli("-m", *base_overrides(data_dir, tmp_path / "out"), "trainer=ddp", "trainer.accelerator=cpu", "size=28,64")
+    proc = run_cli(
+        "-m", *base_overrides(data_dir, tmp_path / "out"), "trainer=ddp", "trainer.accelerator=cpu", "size=28,64"
+    )
     assert proc.returncode == 1 and "torchrun" in proc.stderr
 
 
@@ -77,7 +77,12 @@ def test_ddp_two_processes_equal_single_process(data_dir, tmp_path):
     single = run_cli("-m", *base_overrides(data_dir, single_out), *common)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_cli(
-        "-m", *base_overrides(data_dir, ddp_out), *common, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+        "-m",
+        *base_overrides(data_dir, ddp_out),
+        *common,
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
         launcher=torchrun,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -87,19 +92,27 @@ def test_ddp_two_processes_equal_single_process(data_dir, tmp_path):
         assert b[key]["world_size"] == 2 and a[key]["world_size"] == 1
         assert a[key]["metrics"] == b[key]["metrics"]
         for role in ("database", "query"):
-            np.testing.assert_allclose(np.load(a[key]["embeddings"][role]), np.load(b[key]["embeddings"][role]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                np.load(a[key]["embeddings"][role]), np.load(b[key]["embeddings"][role]), rtol=1e-5, atol=1e-6
+            )
         cell = Path(key[0], key[1], str(key[2]), key[3])
-        np.testing.assert_array_equal(np.load(single_out / "results" / cell / "neighbors.npy"), np.load(ddp_out / "results" / cell / "neighbors.npy"))
+        np.testing.assert_array_equal(
+            np.load(single_out / "results" / cell / "neighbors.npy"),
+            np.load(ddp_out / "results" / cell / "neighbors.npy"),
+        )
 
 
 def test_3d_size_validation_in_a_run_and_in_a_sweep(data_dir, tmp_path):
     out = tmp_path / "out"
     single = run_cli(*base_overrides(data_dir, out), "dataset=adrenalmnist3d", "size=224")
     assert single.returncode == 2 and "adrenalmnist3d has sizes [28, 64]" in single.stderr
-    sweep = run_cli("-m", *base_overrides(data_dir, out), "dataset=bloodmnist,adrenalmnist3d", "size=64,128", "batch_size=4")
+    sweep = run_cli(
+        "-m", *base_overrides(data_dir, out), "dataset=bloodmnist,adrenalmnist3d", "size=64,128", "batch_size=4"
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert set(results(out)) == {
-        ("paper", "bloodmnist", 64, "tiny_resnet"), ("paper", "bloodmnist", 128, "tiny_resnet"),
+        ("paper", "bloodmnist", 64, "tiny_resnet"),
+        ("paper", "bloodmnist", 128, "tiny_resnet"),
         ("paper", "adrenalmnist3d", 64, "tiny_resnet"),
     }
     assert "sweep: 3 cells ok, 1 skipped, 0 failed" in sweep.stdout
@@ -107,10 +120,9 @@ def test_3d_size_validation_in_a_run_and_in_a_sweep(data_dir, tmp_path):
 
 
 def test_the_paper_experiment_sweeps_the_whole_study():
+    from conftest import CONF_DIR
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    from conftest import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=["experiment=paper"], return_hydra_config=True)

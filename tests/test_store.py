@@ -30,8 +30,10 @@ def test_merge_of_interleaved_ranks_equals_dataset_order(tmp_path):
     assert not target.with_suffix(".shards").exists()
 
 
-@pytest.mark.parametrize("ranks,problem", [((np.array([0, 1, 2]), np.array([2, 3])), "more than once"),
-                                           ((np.array([0, 1]), np.array([3])), "missing")])
+@pytest.mark.parametrize(
+    "ranks,problem",
+    [((np.array([0, 1, 2]), np.array([2, 3])), "more than once"), ((np.array([0, 1]), np.array([3])), "missing")],
+)
 def test_merge_asserts_each_index_exactly_once(tmp_path, ranks, problem):
     target = tmp_path / "emb.npy"
     writer = EmbeddingWriter([target], [4], dim=2)
@@ -48,9 +50,15 @@ def test_batches_stream_to_disk(tmp_path):
 
     writer = EmbeddingWriter([tmp_path / "a.npy", tmp_path / "b.npy"], [3, 2], dim=2)
     writer.on_predict_start(_Trainer(), None)
-    writer.write_on_batch_end(None, None, {"index": torch.tensor([2, 0]), "embedding": torch.ones(2, 2)}, None, None, 0, 0)
-    writer.write_on_batch_end(None, None, {"index": torch.tensor([1]), "embedding": torch.zeros(1, 2)}, None, None, 1, 0)
-    writer.write_on_batch_end(None, None, {"index": torch.tensor([1, 0]), "embedding": 2 * torch.ones(2, 2)}, None, None, 0, 1)
+    writer.write_on_batch_end(
+        None, None, {"index": torch.tensor([2, 0]), "embedding": torch.ones(2, 2)}, None, None, 0, 0
+    )
+    writer.write_on_batch_end(
+        None, None, {"index": torch.tensor([1]), "embedding": torch.zeros(1, 2)}, None, None, 1, 0
+    )
+    writer.write_on_batch_end(
+        None, None, {"index": torch.tensor([1, 0]), "embedding": 2 * torch.ones(2, 2)}, None, None, 0, 1
+    )
     for emb, idx in writer._files.values():
         emb.close(), idx.close()
     writer.merge(0, 1)
@@ -59,7 +67,9 @@ def test_batches_stream_to_disk(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), [[2, 2], [2, 2]])
     with pytest.raises(RuntimeError, match="width"):
         writer._files = {0: (open(tmp_path / "x", "wb"), open(tmp_path / "y", "wb"))}
-        writer.write_on_batch_end(None, None, {"index": torch.tensor([0]), "embedding": torch.ones(1, 5)}, None, None, 0, 0)
+        writer.write_on_batch_end(
+            None, None, {"index": torch.tensor([0]), "embedding": torch.ones(1, 5)}, None, None, 0, 0
+        )
 
 
 def test_cache_key_changes_with_every_field():

@@ -10,7 +10,8 @@ tower and no BiomedBERT download: the checkpoint's ``visual.*`` keys (``visual.t
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ class BiomedClipVision(nn.Module):
 
 
 def biomedclip_key_map(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    return {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
 
 
 @register("biomedclip")
@@ -46,7 +47,9 @@ def load_biomedclip(cfg: Any) -> Backbone:
     identity: dict[str, Any] = {"family": "biomedclip", "normalize": normalize}
     if wants_weights(cfg):
         hub = hub_block(cfg)
-        sd, source = load_checkpoint(cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"])
+        sd, source = load_checkpoint(
+            cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"]
+        )
         net = BiomedClipVision(normalize=normalize)
         load_module_strict(net, biomedclip_key_map(sd), source=f"{source} (model {cfg.name})")
         identity["weights"] = source

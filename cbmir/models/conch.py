@@ -19,13 +19,14 @@ CONCH v1.5 (``MahmoodLab/conchv1_5``, family ``conch15``), as TRIDENT's ``CONCHV
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbmir.models.common import preprocess_from_cfg, wants_weights, hub_block
+from cbmir.models.common import hub_block, preprocess_from_cfg, wants_weights
 from cbmir.models.registry import Backbone, register
 from cbmir.models.weights import load_checkpoint, load_module_strict
 
@@ -62,12 +63,18 @@ class ConchVision(nn.Module):
         from timm.models.vision_transformer import VisionTransformer
 
         self.trunk = VisionTransformer(
-            img_size=448, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-            num_classes=0, dynamic_img_size=True,
+            img_size=448,
+            patch_size=16,
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
+            mlp_ratio=4.0,
+            num_classes=0,
+            dynamic_img_size=True,
         )
         self.attn_pool_contrast = ContrastPooler(512, 768, 8, 1)
         self.ln_contrast = nn.LayerNorm(512)
-        self.proj_contrast = nn.Parameter(768 ** -0.5 * torch.randn(512, 512))
+        self.proj_contrast = nn.Parameter(768**-0.5 * torch.randn(512, 512))
         self.use_proj = proj_contrast
         self.normalize = normalize
 
@@ -83,18 +90,18 @@ def conch_key_map(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str,
     """Released CoCa checkpoint → :class:`ConchVision` keys (see module docstring)."""
     from timm.layers import resample_abs_pos_embed
 
-    out = {
-        k[len("visual."):]: v
-        for k, v in sd.items()
-        if k.startswith("visual.") and not k.startswith(CONCH_DROP)
-    }
+    out = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.") and not k.startswith(CONCH_DROP)}
     pos = out.get("trunk.pos_embed")
     target = model.trunk.pos_embed
     if pos is not None and pos.ndim == 3 and pos.shape != target.shape:
         # upstream's resize_pos_embed: bilinear, no antialias, one prefix token
         out["trunk.pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=model.trunk.patch_embed.grid_size, num_prefix_tokens=1,
-            interpolation="bilinear", antialias=False, verbose=False,
+            pos,
+            new_size=model.trunk.patch_embed.grid_size,
+            num_prefix_tokens=1,
+            interpolation="bilinear",
+            antialias=False,
+            verbose=False,
         )
     return out
 
@@ -107,7 +114,9 @@ def load_conch(cfg: Any) -> Backbone:
     identity: dict[str, Any] = {"family": "conch", "proj_contrast": proj, "normalize": normalize}
     if wants_weights(cfg):
         hub = hub_block(cfg)
-        sd, source = load_checkpoint(cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"])
+        sd, source = load_checkpoint(
+            cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"]
+        )
         net = ConchVision(proj_contrast=proj, normalize=normalize)
         load_module_strict(net, conch_key_map(sd, net), source=f"{source} (model {cfg.name})")
         identity["weights"] = source
@@ -156,7 +165,9 @@ def dino_interpolate_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     dim = pos.shape[-1]
     g = grid + 0.1
     patch = F.interpolate(
-        patch.reshape(1, side, side, dim).permute(0, 3, 1, 2), scale_factor=(g / side, g / side), mode="bicubic",
+        patch.reshape(1, side, side, dim).permute(0, 3, 1, 2),
+        scale_factor=(g / side, g / side),
+        mode="bicubic",
     )
     patch = patch.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat([cls, patch], dim=1)
@@ -168,8 +179,15 @@ class Conch15Vision(nn.Module):
         from timm.models.vision_transformer import VisionTransformer
 
         self.trunk = VisionTransformer(
-            img_size=img_size, patch_size=16, embed_dim=1024, depth=CONCH15_DEPTH, num_heads=16, mlp_ratio=4.0,
-            qkv_bias=True, init_values=1.0, num_classes=0,
+            img_size=img_size,
+            patch_size=16,
+            embed_dim=1024,
+            depth=CONCH15_DEPTH,
+            num_heads=16,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            init_values=1.0,
+            num_classes=0,
         )
         self.attn_pool_contrast = Conch15Pooler(768, 1024, 8, 1)
         self.ln_contrast = nn.LayerNorm(768)
@@ -190,8 +208,9 @@ def conch15_key_map(sd: Mapping[str, torch.Tensor], model: Conch15Vision) -> dic
     pos = out.get("trunk.pos_embed")
     if pos is not None and pos.ndim == 3:
         if pos.shape[1] != 197:
-            pos = resample_abs_pos_embed(pos, new_size=(14, 14), num_prefix_tokens=1,
-                                         interpolation="bilinear", antialias=False, verbose=False)
+            pos = resample_abs_pos_embed(
+                pos, new_size=(14, 14), num_prefix_tokens=1, interpolation="bilinear", antialias=False, verbose=False
+            )
         out["trunk.pos_embed"] = dino_interpolate_pos_embed(pos, model.trunk.patch_embed.grid_size[0])
     return out
 
@@ -202,7 +221,9 @@ def load_conch15(cfg: Any) -> Backbone:
     identity: dict[str, Any] = {"family": "conch15"}
     if wants_weights(cfg):
         hub = hub_block(cfg)
-        sd, source = load_checkpoint(cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"])
+        sd, source = load_checkpoint(
+            cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"]
+        )
         net = Conch15Vision(img_size=spec.input_size)
         load_module_strict(net, conch15_key_map(sd, net), source=f"{source} (model {cfg.name})")
         identity["weights"] = source

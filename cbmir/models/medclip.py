@@ -20,8 +20,9 @@ the next stage); ``layernorm`` → ``norm``; ``vision_model.projection_head.weig
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ def medclip_key_map(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         if not key.startswith(prefix) or key.endswith("relative_position_index"):
             continue
-        k = key[len(prefix):]
+        k = key[len(prefix) :]
         m = re.match(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$", k)
         if m:
             qkv.setdefault((int(m.group(1)), int(m.group(2)), m.group(4)), {})[m.group(3)] = value
@@ -88,12 +89,14 @@ def medclip_key_map(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ):
             k = k.replace(old, new)
         if k.startswith("layernorm."):
-            k = "norm." + k[len("layernorm."):]
+            k = "norm." + k[len("layernorm.") :]
         out["model." + k] = value
     for (i, j, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             raise WeightsError(f"MedCLIP layer {i} block {j}: attention {kind} has only {sorted(parts)}")
-        out[f"model.layers.{i}.blocks.{j}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+        out[f"model.layers.{i}.blocks.{j}.attn.qkv.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], 0
+        )
     return out
 
 

@@ -139,19 +139,24 @@ def load_open_clip(cfg: Any) -> Backbone:
     check_folder_name(cfg)
     arch, tag = cfg.get("arch"), cfg.get("tag")
     if not arch and not (tag and str(tag).startswith("hf-hub:")):
-        raise ConfigError("model=open_clip needs model.arch=<open_clip model> (and model.tag=<pretrained tag>) or model.tag=hf-hub:<org/repo>")
+        raise ConfigError(
+            "model=open_clip needs model.arch=<open_clip model> (and model.tag=<pretrained tag>)"
+            " or model.tag=hf-hub:<org/repo>"
+        )
     arch = str(arch) if arch else None
     hub = plain(cfg.get("hub")) or {}
     revision = hub.get("revision")
     hub_id = next((s for s in (tag, arch) if s and str(s).startswith("hf-hub:")), None)
     if hub_id:
-        model, pcfg, source = _build_from_hub_config(cfg, str(hub_id)[len("hf-hub:"):].strip("/"), revision)
+        model, pcfg, source = _build_from_hub_config(cfg, str(hub_id)[len("hf-hub:") :].strip("/"), revision)
     else:
         if open_clip.get_model_config(str(arch)) is None:
             raise ConfigError(f"model.arch={arch!r} is not an open_clip model; see open_clip.list_models()")
         tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
         if tag and not tag_cfg:
-            raise ConfigError(f"model.tag={tag!r} is not a pretrained tag of {arch}: {open_clip.list_pretrained_tags_by_model(arch)}")
+            raise ConfigError(
+                f"model.tag={tag!r} is not a pretrained tag of {arch}: {open_clip.list_pretrained_tags_by_model(arch)}"
+            )
         ckpt = None
         if cfg.get("weights"):  # weights first: a hub or file problem shows before anything is built
             ckpt = resolve_weights_file(cfg.weights, OPEN_CLIP_FILES)
@@ -159,14 +164,20 @@ def load_open_clip(cfg: Any) -> Backbone:
         elif wants_weights(cfg):
             repo = hub.get("repo") or (tag_cfg.get("hf_hub") or "").strip("/")
             if not repo:
-                raise WeightsError(f"{arch}/{tag} has no hub repository in open_clip's table; pass model.weights=/path/to/file")
+                raise WeightsError(
+                    f"{arch}/{tag} has no hub repository in open_clip's table; pass model.weights=/path/to/file"
+                )
             ckpt = hub_download(repo, OPEN_CLIP_FILES, model=cfg.name, revision=revision)
             source = hub_identity(ckpt, repo, revision)
         else:
             source = "random"
         with _quiet_open_clip():
-            model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                                           device=torch.get_default_device())
+            model = open_clip.create_model(
+                arch,
+                pretrained=None,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                device=torch.get_default_device(),
+            )
         if ckpt is not None:
             _load_strict(model, Path(ckpt), source)
         pcfg = merge_preprocess_dict(asdict(PreprocessCfg()), tag_cfg)

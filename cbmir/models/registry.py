@@ -7,8 +7,9 @@ applies before it. Nothing model-specific lives outside the family's own module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,8 +90,15 @@ def families() -> list[str]:
 
 def _import_families() -> None:
     # The family modules register themselves on import; they import heavy libraries lazily.
-    from cbmir.models import timm_cnn  # noqa: F401
-    from cbmir.models import biomedclip, conch, medclip, openclip, timm_any, vit  # noqa: F401
+    from cbmir.models import (  # noqa: F401
+        biomedclip,
+        conch,
+        medclip,
+        openclip,
+        timm_any,
+        timm_cnn,  # noqa: F401
+        vit,
+    )
 
 
 def build_backbone(cfg_model: Any) -> Backbone:

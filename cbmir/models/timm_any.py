@@ -52,7 +52,9 @@ def load_timm(cfg: Any) -> Backbone:
     kwargs = dict(plain(cfg.get("kwargs")) or {})
     overlay: dict[str, Any] = {}
     if cfg.get("weights"):
-        path = resolve_weights_file(cfg.weights, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+        path = resolve_weights_file(
+            cfg.weights, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        )
         overlay = {"file": str(path)}
         source = file_identity(path)
     elif wants_weights(cfg):
@@ -60,11 +62,12 @@ def load_timm(cfg: Any) -> Backbone:
     else:
         source = "random"
     pretrained = source != "random"
-    repo = arch[len("hf-hub:"):] if arch.startswith("hf-hub:") else f"timm/{arch}"
+    repo = arch[len("hf-hub:") :] if arch.startswith("hf-hub:") else f"timm/{arch}"
     try:
         with hub_errors(repo, model=cfg.name):
-            model = timm.create_model(arch, pretrained=pretrained, num_classes=0,
-                                      pretrained_cfg_overlay=overlay or None, **kwargs)
+            model = timm.create_model(
+                arch, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay or None, **kwargs
+            )
     except RuntimeError as exc:  # timm's strict load_state_dict
         if isinstance(exc, WeightsError):
             raise

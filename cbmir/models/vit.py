@@ -21,7 +21,8 @@ Loading is strict: a missing or unexpected key, or a shape that does not fit, is
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ def _strip(sd: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
 
 
 def hf_dinov2_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers ``Dinov2Model`` (4.x names, as the hub files are stored; 5.x names too) → timm ``VisionTransformer``.
+    """transformers ``Dinov2Model`` (4.x names as the hub files store them; 5.x too) → timm ``VisionTransformer``.
 
     ``mask_token`` (training only) is dropped; q/k/v are concatenated into ``qkv``; LayerScale
     ``lambda1`` becomes ``gamma``. A SwiGLU MLP (``weights_in``/``weights_out``) maps to ``SwiGLUPacked``.
@@ -104,15 +105,24 @@ def hf_dinov2_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
             qkv.setdefault((i, a.group(3)), {})[part] = value
             continue
         rename = {
-            "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
-            "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias",
-            "attention.output.dense.weight": "attn.proj.weight", "attention.output.dense.bias": "attn.proj.bias",
-            "attention.o_proj.weight": "attn.proj.weight", "attention.o_proj.bias": "attn.proj.bias",
-            "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
-            "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
-            "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
-            "mlp.weights_in.weight": "mlp.fc1.weight", "mlp.weights_in.bias": "mlp.fc1.bias",
-            "mlp.weights_out.weight": "mlp.fc2.weight", "mlp.weights_out.bias": "mlp.fc2.bias",
+            "norm1.weight": "norm1.weight",
+            "norm1.bias": "norm1.bias",
+            "norm2.weight": "norm2.weight",
+            "norm2.bias": "norm2.bias",
+            "attention.output.dense.weight": "attn.proj.weight",
+            "attention.output.dense.bias": "attn.proj.bias",
+            "attention.o_proj.weight": "attn.proj.weight",
+            "attention.o_proj.bias": "attn.proj.bias",
+            "layer_scale1.lambda1": "ls1.gamma",
+            "layer_scale2.lambda1": "ls2.gamma",
+            "mlp.fc1.weight": "mlp.fc1.weight",
+            "mlp.fc1.bias": "mlp.fc1.bias",
+            "mlp.fc2.weight": "mlp.fc2.weight",
+            "mlp.fc2.bias": "mlp.fc2.bias",
+            "mlp.weights_in.weight": "mlp.fc1.weight",
+            "mlp.weights_in.bias": "mlp.fc1.bias",
+            "mlp.weights_out.weight": "mlp.fc2.weight",
+            "mlp.weights_out.bias": "mlp.fc2.bias",
         }
         out[f"blocks.{i}.{rename.get(rest, rest)}"] = value
     for (i, kind), parts in qkv.items():
@@ -129,7 +139,7 @@ def hf_siglip_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     dropped); q/k/v concatenate into ``qkv``; the head's packed ``in_proj`` splits into ``q`` and ``kv``.
     """
     if any(k.startswith("vision_model.") for k in sd):
-        sd = {k[len("vision_model."):]: v for k, v in sd.items() if k.startswith("vision_model.")}
+        sd = {k[len("vision_model.") :]: v for k, v in sd.items() if k.startswith("vision_model.")}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
@@ -142,8 +152,11 @@ def hf_siglip_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
             if a:
                 qkv.setdefault((i, a.group(2)), {})[a.group(1)] = value
                 continue
-            rest = (rest.replace("layer_norm1.", "norm1.").replace("layer_norm2.", "norm2.")
-                    .replace("self_attn.out_proj.", "attn.proj."))
+            rest = (
+                rest.replace("layer_norm1.", "norm1.")
+                .replace("layer_norm2.", "norm2.")
+                .replace("self_attn.out_proj.", "attn.proj.")
+            )
             out[f"blocks.{i}.{rest}"] = value
             continue
         if key == "embeddings.position_embedding.weight":
@@ -164,7 +177,7 @@ def hf_siglip_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
         elif key.startswith("head.layernorm."):
             out["attn_pool.norm." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("head.mlp."):
-            out["attn_pool.mlp." + key[len("head.mlp."):]] = value
+            out["attn_pool.mlp." + key[len("head.mlp.") :]] = value
         else:
             out[key] = value
     for (i, kind), parts in qkv.items():
@@ -182,6 +195,7 @@ def preprocess_from_hf(proc: Mapping[str, Any]) -> tuple[Preprocess, int | None]
 
     ``size.shortest_edge`` → shortest-edge resize (+ centre crop); ``size.height/width`` → square resize.
     """
+
     def side(v: Any, what: str) -> tuple[int, bool]:
         if isinstance(v, int):
             return v, True
@@ -207,8 +221,9 @@ def preprocess_from_hf(proc: Mapping[str, Any]) -> tuple[Preprocess, int | None]
     crop = None
     if proc.get("do_center_crop", False) and proc.get("crop_size") is not None:
         crop, _ = side(proc["crop_size"], "crop_size")
-    spec = Preprocess(input_size=size, resize="resize_crop" if shortest else "resize", interpolation=resample,
-                      mean=mean, std=std)
+    spec = Preprocess(
+        input_size=size, resize="resize_crop" if shortest else "resize", interpolation=resample, mean=mean, std=std
+    )
     return spec, (crop if crop is not None and crop != size else None)
 
 
@@ -225,8 +240,14 @@ def read_hf_processor(cfg: Any, hub: Mapping[str, Any]) -> dict[str, Any] | None
         return None
     from cbmir.models.weights import hub_download
 
-    path = hub_download(hub["repo"], "preprocessor_config.json", model=cfg.name, revision=hub.get("revision"),
-                        gated=hub.get("gated", False), optional=True)
+    path = hub_download(
+        hub["repo"],
+        "preprocessor_config.json",
+        model=cfg.name,
+        revision=hub.get("revision"),
+        gated=hub.get("gated", False),
+        optional=True,
+    )
     return json.loads(path.read_text()) if path is not None else None
 
 
@@ -258,12 +279,18 @@ def load_timm_vit(cfg: Any) -> Backbone:
         raise ConfigError(f"model.key_map must be one of {KEY_MAPS}, got {key_map!r}")
     spec, crop = preprocess_from_cfg(cfg.get("preprocess"))
     identity: dict[str, Any] = {
-        "family": "timm_vit", "arch": str(cfg.arch), "kwargs": plain(cfg.get("kwargs")), "pool": pool, "key_map": key_map,
+        "family": "timm_vit",
+        "arch": str(cfg.arch),
+        "kwargs": plain(cfg.get("kwargs")),
+        "pool": pool,
+        "key_map": key_map,
     }
     sd = None
     if wants_weights(cfg):  # weights first: a hub or file problem shows before anything is built
         hub = hub_block(cfg)
-        sd, source = load_checkpoint(cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"])
+        sd, source = load_checkpoint(
+            cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"]
+        )
         identity["weights"] = source
         if cfg.get("hf_processor", False):
             proc = read_hf_processor(cfg, hub)
@@ -274,7 +301,9 @@ def load_timm_vit(cfg: Any) -> Backbone:
         identity["weights"] = "random"
     model = timm.create_model(str(cfg.arch), pretrained=False, num_classes=0, **timm_kwargs(cfg.get("kwargs")))
     if sd is not None:
-        load_module_strict(model, convert_state_dict(key_map, sd, model), source=f"{identity['weights']} (model {cfg.name})")
+        load_module_strict(
+            model, convert_state_dict(key_map, sd, model), source=f"{identity['weights']} (model {cfg.name})"
+        )
     net = ClsMeanPool(model) if pool == "cls_mean" else model
     dim = 2 * int(model.embed_dim) if pool == "cls_mean" else int(model.num_features)
     return Backbone(net=with_crop(net, crop), preprocess=spec, dim=dim, unit_norm=False, identity=identity)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ def resolve_weights_file(weights: str | os.PathLike, candidates: tuple[str, ...]
         if len(found) == 1:
             return p / found[0]
         raise WeightsError(
-            f"model.weights={p} is a folder; expected one of {list(candidates) or list(WEIGHT_SUFFIXES)} in it, found {found}"
+            f"model.weights={p} is a folder; expected one of {list(candidates) or list(WEIGHT_SUFFIXES)} in it, "
+            f"found {found}"
         )
     if not p.is_file():
         raise WeightsError(f"model.weights={p} does not exist")
@@ -77,6 +79,7 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, so
     """``load_state_dict(strict=True)`` with a message that lists what did not match."""
     result = module.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
+
         def head(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" … (+{len(keys) - 8})" if len(keys) > 8 else "")
 
@@ -104,7 +107,9 @@ def hub_errors(repo: str, *, model: str, gated: bool = False) -> Iterator[None]:
                 f"{repo} is gated and this account has no access: request access at {page}, "
                 f"then set HF_TOKEN (or run `hf auth login`), {local}."
             )
-        elif names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"} or isinstance(exc, (ConnectionError, TimeoutError)):
+        elif names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"} or isinstance(
+            exc, (ConnectionError, TimeoutError)
+        ):
             msg = (
                 f"the weights of {repo} are not in the local hub cache and the hub cannot be reached "
                 f"({type(exc).__name__}); connect once to fill the cache, {local}."
