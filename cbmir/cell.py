@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,62 +18,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from cbmir import __version__
 from cbmir.callbacks import CellResult, RetrievalEvaluator
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_info, open_split
 from cbmir.errors import ConfigError, InvalidCellError
+from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.loggers import close_loggers, make_loggers
 from cbmir.metrics import TIE_RULES
 from cbmir.search import METRICS
 from cbmir.store import EmbeddingWriter, cache_path, write_sidecar
 
 log = logging.getLogger(__name__)
-
-#: The ranking each named protocol uses; another metric makes a distinct protocol id (e.g. ``paper+cosine``).
-CANONICAL_METRIC = {"paper": "l2", "standard": "cosine"}
-
-
-def protocol_id(cfg: DictConfig) -> str:
-    name, metric = cfg.protocol.name, cfg.protocol.metric
-    return name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
-
-
-def dataset_id(cfg: DictConfig) -> str:
-    """The dataset's name, plus the 3D options where they differ from the study's (e.g. ``synapsemnist3d+tri-mean``)."""
-    options = []
-    if cfg.dataset.get("dims", 2) == 3:
-        if cfg.dataset.get("planes", "axial") != "axial":
-            options.append(cfg.dataset.planes)
-        if cfg.dataset.get("aggregate", "concat") != "concat":
-            options.append(cfg.dataset.aggregate)
-    return cfg.dataset.name + ("+" + "-".join(options) if options else "")
-
-
-GENERIC_FAMILIES = ("timm", "open_clip")
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")
-
-
-def model_id(cfg: DictConfig) -> str:
-    """The model's name; a generic entry (``model=timm``/``model=open_clip``) left unnamed is named by its arch."""
-    m = cfg.model
-    if m.get("family") in GENERIC_FAMILIES and m.name == m.family and m.get("arch"):
-        parts = [m.family, _safe(str(m.arch).removeprefix("hf-hub:"))]
-        if m.get("tag"):
-            parts.append(_safe(str(m.tag).removeprefix("hf-hub:")))
-        return "-".join(parts)
-    return m.name
-
-
-def cell_dir(cfg: DictConfig) -> Path:
-    """``<output_dir>/results/<protocol>/<dataset>/<size>/<model>/``: the result contract's folder."""
-    return Path(cfg.paths.output_dir) / "results" / protocol_id(cfg) / dataset_id(cfg) / str(cfg.size) / model_id(cfg)
-
-
-def cell_name(cfg: DictConfig) -> str:
-    return f"{protocol_id(cfg)}/{dataset_id(cfg)}/{cfg.size}/{model_id(cfg)}"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -240,7 +193,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         "unit_norm": backbone.unit_norm,
         "cached": {role: role not in todo for role in ROLE_SPLIT},
         "precision": resolve_precision(cfg),
-        "versions": _versions(),
+        "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if volume is not None:
@@ -289,16 +242,3 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     finally:
         close_loggers(loggers)
         _barrier()
-
-
-def _versions() -> dict[str, str]:
-    import timm
-
-    versions = {"cbmir": __version__, "torch": torch.__version__, "timm": timm.__version__, "lightning": L.__version__}
-    try:
-        import faiss
-
-        versions["faiss"] = faiss.__version__
-    except ImportError:
-        pass
-    return versions

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cbmir.layout import model_id
+
 log = logging.getLogger(__name__)
 
 
 def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None = None) -> list:
     """Lightning loggers for one cell; W&B runs are named by the cell and grouped by sweep."""
-    from cbmir.cell import model_id
-
     loggers = []
     lcfg = cfg.get("logger") or {}
     if lcfg.get("csv", {}).get("enabled", False):

@@ -20,8 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cbmir.errors import CbmirError, ConfigError, InvalidCellError
+from cbmir.layout import CONF_DIR, cell_name
 
-CONF_DIR = os.environ.get("CBMIR_CONF_DIR", str(Path(__file__).resolve().parent.parent / "conf"))
 log = logging.getLogger("cbmir")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
@@ -50,10 +50,10 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
         )
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    from cbmir.cell import cell_name, run_cell
+    from cbmir.cell import run_cell
 
     name = cell_name(cfg)
     try:

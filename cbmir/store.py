@@ -14,6 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from cbmir import __version__
+from cbmir.files import atomic_save_npy, atomic_write_json  # noqa: F401  (re-exported for the writer's callers)
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -107,15 +108,3 @@ def write_sidecar(path: Path, fields: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**fields, "cbmir_version": __version__}, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path.with_suffix(".json"))
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)

@@ -8,8 +8,9 @@ import pytest
 from conftest import base_overrides
 
 from cbmir import callbacks, cell, data
-from cbmir.cell import cell_dir, run_cell
+from cbmir.cell import run_cell
 from cbmir.errors import ConfigError, InvalidCellError
+from cbmir.layout import cell_dir
 from cbmir.metrics import retrieval_metrics
 from cbmir.search import search_torch
 
@@ -205,7 +206,7 @@ def test_worker_processes_give_the_same_embeddings(cell_cfg):
 
 
 def test_generic_entries_are_named_by_their_arch(compose, data_dir, tmp_path):
-    from cbmir.cell import model_id
+    from cbmir.layout import model_id
 
     base = [o for o in base_overrides(data_dir, tmp_path) if not o.startswith("model.")] + ["model.pretrained=false"]
     cfg = compose(base + ["model=timm", "model.arch=test_resnet.r160_in1k"])
