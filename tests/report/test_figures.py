@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cbmir.report.build import build_report
-from cbmir.report.figures import metric_slug
+from cbmir.report.figures import metric_slug, write_figures
 
 
 def test_partial_mixed_protocols_and_figures(sweep_cells, tmp_path):
@@ -33,11 +33,13 @@ def test_partial_mixed_protocols_and_figures(sweep_cells, tmp_path):
     index = (report.out / "index.md").read_text()
     assert "paper/tables.md" in index and "standard/figures/heatmap_P5.png" in index
 
-    # a metric gone from the inputs leaves no figure behind
-    for c in sweep_cells:
-        c.metrics.pop("P@5", None)
-    build_report(sweep_cells, tmp_path / "report")
-    assert not list((tmp_path / "report" / "standard" / "figures").glob("*_P5.png"))
+    # redrawn without P@5: its figures are gone, not left stale beside the new ones
+    standard = [c for c in sweep_cells if c.protocol == "standard"]
+    for c in standard:
+        del c.metrics["P@5"]
+    written = write_figures(standard, [], report.out / "standard" / "figures")
+    assert sorted(p.name for p in (report.out / "standard" / "figures").iterdir()) == sorted(p.name for p in written)
+    assert {p.name for p in written} == {"heatmap_mAP5.png", "sizes_mAP5.png", "heatmap_ACC1.png", "sizes_ACC1.png"}
 
 
 def test_metric_names_in_file_names():
