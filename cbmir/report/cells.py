@@ -1,0 +1,51 @@
+"""The report's record of one result: :class:`Cell`, read from a ``result.json`` dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The fields that identify a cell (with ``metrics``, what makes a dict a cbmir result).
+IDENTITY: tuple[str, ...] = ("protocol", "dataset", "size", "model")
+#: Groups flattened under another prefix (``versions.torch`` -> ``version_torch``).
+_PREFIX = {"versions": "version", "seconds": "seconds", "cached": "cached"}
+#: Left out of the report: the resolved config and the embedding paths are not results.
+_SKIPPED = ("config", "embeddings")
+
+
+@dataclass
+class Cell:
+    """One result: its identity, its metrics (percent) and everything else flattened for the CSV."""
+
+    protocol: str
+    dataset: str
+    size: int
+    model: str
+    metrics: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.protocol, self.dataset, self.size, self.model)
+
+
+def cell_from_result(result: dict[str, Any], path: Path | None = None) -> Cell:
+    """Flatten a ``result.json`` dict: nested groups become prefixed columns; config/embeddings are left out."""
+    missing = [k for k in (*IDENTITY, "metrics") if k not in result]
+    if missing:
+        raise ValueError(f"not a cbmir result (no {', '.join(missing)})")
+    info: dict[str, Any] = {}
+    for name, value in result.items():
+        if name in (*IDENTITY, "metrics", *_SKIPPED):
+            continue
+        if isinstance(value, dict):
+            prefix = _PREFIX.get(name, name)
+            info.update({f"{prefix}_{k}": v for k, v in value.items() if not isinstance(v, (dict, list))})
+        elif not isinstance(value, list):
+            info[name] = value
+    metrics = {str(k): float(v) for k, v in result["metrics"].items() if v is not None}
+    return Cell(
+        str(result["protocol"]), str(result["dataset"]), int(result["size"]), str(result["model"]), metrics, info, path
+    )

@@ -1,0 +1,1 @@
+"""Tests of cbmir.report, one module per module of the package (a package: its conftest stays its own)."""
