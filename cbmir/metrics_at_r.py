@@ -48,7 +48,7 @@ def metrics_at_r(
     db_labels = np.asarray(database_labels).reshape(len(database), -1)
     q_labels = np.asarray(query_labels).reshape(len(queries), -1)
     r = n_relevant(q_labels, db_labels)
-    db = torch.as_tensor(np.asarray(database), dtype=torch.float64)
+    db = torch.from_numpy(np.array(database, dtype=np.float64))
     if metric == "cosine":
         db = torch.nn.functional.normalize(db, dim=1)
     db_sq = (db * db).sum(1)
@@ -61,7 +61,7 @@ def metrics_at_r(
         r_max = int(r_rows.max())
         if r_max == 0:
             continue
-        q = torch.as_tensor(np.asarray(queries[rows]), dtype=torch.float64)
+        q = torch.from_numpy(np.array(queries[rows], dtype=np.float64))
         if metric == "cosine":
             key = -(torch.nn.functional.normalize(q, dim=1) @ db.T)
         else:
