@@ -161,23 +161,7 @@ def metric_intervals(
     scores: Mapping[str, np.ndarray], settings: StatsSettings, membership: np.ndarray | None = None
 ) -> dict[str, dict[str, Any]]:
     """``{metric: {low, high, level, method, resamples, seed}}`` in percent; with ``membership``, ``_macro`` too."""
-    names = list(scores)
-    values = np.stack([np.asarray(scores[n], dtype=np.float64) for n in names], axis=1)
-    micro = resampled_means(values, settings)[:, :, 0]
-    jack = jackknife_means(values)[:, :, 0] if settings.method == "bca" else None
-    out = {
-        n: _interval_record(values[:, j].mean(), micro[:, j], None if jack is None else jack[:, j], settings)
-        for j, n in enumerate(names)
-    }
-    if membership is not None:
-        macro = _macro(resampled_means(values, settings, membership))
-        member = _membership(len(values), membership)
-        observed = ((values.T @ member) / member.sum(0)).mean(1)
-        jack_macro = _macro(jackknife_means(values, membership)) if settings.method == "bca" else None
-        for j, n in enumerate(names):
-            jk = None if jack_macro is None else jack_macro[:, j]
-            out[f"{n}_macro"] = _interval_record(observed[j], macro[:, j], jk, settings)
-    return out
+    return compare_models({"": scores}, [], settings, membership).intervals[""]
 
 
 @dataclass(frozen=True)
@@ -242,65 +226,79 @@ def adjust_pvalues(pvalues: Sequence[float], correction: str = "holm") -> np.nda
     return holm(p) if correction == "holm" else sps.false_discovery_control(p, method="bh")
 
 
-def paired_comparisons(
+@dataclass(frozen=True)
+class ColumnStatistics:
+    """Models scored on the same queries: each one's intervals and the paired comparisons between them."""
+
+    intervals: dict[str, dict[str, dict[str, Any]]]  # model -> metric -> {low, high, level, method, ...}
+    comparisons: list[Comparison]
+
+
+def compare_models(
     scores: Mapping[str, Mapping[str, np.ndarray]],
     pairs: Sequence[tuple[str, str]],
     settings: StatsSettings,
     membership: np.ndarray | None = None,
-) -> list[Comparison]:
-    """Compare models scored on the same queries: ``scores[model][metric]`` are per-query arrays.
+) -> ColumnStatistics:
+    """Intervals and paired comparisons of models scored on the same queries (``scores[model][metric]``, (Q,)).
 
-    For each metric and each pair (a, b): the mean difference a - b, its paired-bootstrap
-    interval, and a paired test's p-value, corrected over the pairs of that metric. A metric
-    named ``<name>_macro`` compares macro averages over ``membership``'s classes, from the
-    per-query ``<name>`` scores.
+    One bootstrap pass serves every model, metric and pair: the intervals equal each cell's own
+    (same seed, same queries), and each pair's difference a - b gets a paired-bootstrap interval
+    and a paired test's p-value, corrected over the pairs of each metric. With ``membership``,
+    every metric is also compared as its macro average (``<metric>_macro``).
     """
     models = list(scores)
     metrics = list(next(iter(scores.values())))
-    out: list[Comparison] = []
-    for metric in metrics:
-        out += _compare_metric(metric, scores, models, pairs, settings, None)
-        if membership is not None:
-            out += _compare_metric(metric, scores, models, pairs, settings, membership)
-    return out
-
-
-def _compare_metric(metric, scores, models, pairs, settings: StatsSettings, membership) -> list[Comparison]:
-    values = np.stack([np.asarray(scores[m][metric], dtype=np.float64) for m in models], axis=1)  # (Q, models)
+    values = np.stack([np.asarray(scores[m][n], dtype=np.float64) for n in metrics for m in models], axis=1)
+    q, shape = len(values), (len(metrics), len(models))
+    groups = np.ones((q, 1)) if membership is None else np.concatenate([np.ones((q, 1)), membership], axis=1)
+    boot_groups = resampled_means(values, settings, groups)  # (B, metrics * models, 1 + classes)
+    jack_groups = jackknife_means(values, groups) if settings.method == "bca" else None
+    member = _membership(q, groups)
+    observed_groups = (values.T @ member) / member.sum(0)
+    views = [("", slice(0, 1))] + ([("_macro", slice(1, None))] if membership is not None else [])
     col = {m: j for j, m in enumerate(models)}
-    a_idx = np.array([col[a] for a, _ in pairs])
-    b_idx = np.array([col[b] for _, b in pairs])
-    member = _membership(len(values), membership)
-    boot = _macro(resampled_means(values, settings, membership))  # (B, models)
-    jack = _macro(jackknife_means(values, membership)) if settings.method == "bca" else None
-    group_means = (values.T @ member) / member.sum(0)
-    observed = group_means.mean(1)
-    diffs = values[:, a_idx] - values[:, b_idx]
-    weights = (member / member.sum(0)).sum(1) / member.shape[1]  # T = Σ w d is the (macro) mean difference
-    if settings.test == "wilcoxon" and membership is None:
-        p = np.array([wilcoxon_pvalue(diffs[:, j]) for j in range(diffs.shape[1])])
-    else:
-        p = sign_flip_pvalues(diffs, weights, settings)
-    p_adj = adjust_pvalues(p, settings.correction)
-    name = metric if membership is None else f"{metric}_macro"
-    out = []
-    for j, (a, b) in enumerate(pairs):
-        ia, ib = col[a], col[b]
-        jk = None if jack is None else jack[:, ia] - jack[:, ib]
-        low, high = interval(observed[ia] - observed[ib], boot[:, ia] - boot[:, ib], settings, jk)
-        out.append(
-            Comparison(
-                metric=name,
-                a=a,
-                b=b,
-                difference=float(100 * (observed[ia] - observed[ib])),
-                low=100 * low,
-                high=100 * high,
-                p_value=float(p[j]),
-                p_adjusted=float(p_adj[j]),
-                test="signflip" if membership is not None else settings.test,
-                correction=settings.correction,
-                **settings.describe(),
-            )
-        )
-    return out
+    a_idx, b_idx = np.array([col[a] for a, _ in pairs], dtype=int), np.array([col[b] for _, b in pairs], dtype=int)
+    intervals: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in models}
+    comparisons: list[Comparison] = []
+    for suffix, sel in views:
+        boot = _macro(boot_groups[:, :, sel]).reshape(-1, *shape)
+        jack = None if jack_groups is None else _macro(jack_groups[:, :, sel]).reshape(q, *shape)
+        observed = observed_groups[:, sel].mean(1).reshape(shape)
+        w = member[:, sel] / member[:, sel].sum(0)
+        weights = w.sum(1) / w.shape[1]  # Σ_q w_q d_q is the (macro) mean difference
+        diffs = values.reshape(q, *shape)[:, :, a_idx] - values.reshape(q, *shape)[:, :, b_idx]  # (Q, metrics, P)
+        use_wilcoxon = settings.test == "wilcoxon" and not suffix
+        if not pairs:
+            p = np.empty((len(metrics), 0))
+        elif use_wilcoxon:
+            p = np.array([[wilcoxon_pvalue(diffs[:, i, j]) for j in range(len(pairs))] for i in range(len(metrics))])
+        else:
+            p = sign_flip_pvalues(diffs.reshape(q, -1), weights, settings).reshape(len(metrics), len(pairs))
+        for i, metric in enumerate(metrics):
+            name = metric + suffix
+            for j, model in enumerate(models):
+                jk = None if jack is None else jack[:, i, j]
+                intervals[model][name] = _interval_record(observed[i, j], boot[:, i, j], jk, settings)
+            p_adj = adjust_pvalues(p[i], settings.correction)
+            for j, (a, b) in enumerate(pairs):
+                ia, ib = col[a], col[b]
+                jk = None if jack is None else jack[:, i, ia] - jack[:, i, ib]
+                diff = observed[i, ia] - observed[i, ib]
+                low, high = interval(diff, boot[:, i, ia] - boot[:, i, ib], settings, jk)
+                comparisons.append(
+                    Comparison(
+                        metric=name,
+                        a=a,
+                        b=b,
+                        difference=float(100 * diff),
+                        low=100 * low,
+                        high=100 * high,
+                        p_value=float(p[i, j]),
+                        p_adjusted=float(p_adj[j]),
+                        test="wilcoxon" if use_wilcoxon else "signflip",
+                        correction=settings.correction,
+                        **settings.describe(),
+                    )
+                )
+    return ColumnStatistics(intervals, comparisons)

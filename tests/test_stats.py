@@ -9,11 +9,11 @@ from cbmir.ranks import critical_difference, draw_cd_diagram, rank_models
 from cbmir.stats import (
     StatsSettings,
     adjust_pvalues,
+    compare_models,
     holm,
     interval,
     jackknife_means,
     metric_intervals,
-    paired_comparisons,
     resample_counts,
     resampled_means,
     sign_flip_pvalues,
@@ -137,11 +137,12 @@ def test_paired_test_small_for_a_real_shift_not_under_the_null():
     same = base + rng.normal(0, 0.05, 500)  # noise only: the null holds
     scores = {"a": {"m": shifted}, "b": {"m": base}, "c": {"m": same}}
     s = StatsSettings(resamples=5000, seed=0, correction="none")
-    out = {(c.a, c.b): c for c in paired_comparisons(scores, [("a", "b"), ("c", "b")], s)}
+    out = {(c.a, c.b): c for c in compare_models(scores, [("a", "b"), ("c", "b")], s).comparisons}
     real, null = out[("a", "b")], out[("c", "b")]
     assert real.p_value < 0.001 and real.low > 0 and real.difference == pytest.approx(100 * (shifted - base).mean())
     assert null.p_value > 0.05 and null.low < 0 < null.high
-    wilcoxon = paired_comparisons(scores, [("a", "b"), ("c", "b")], StatsSettings(test="wilcoxon", resamples=500))
+    wilcoxon = compare_models(scores, [("a", "b"), ("c", "b")], StatsSettings(test="wilcoxon", resamples=500))
+    wilcoxon = wilcoxon.comparisons
     assert wilcoxon[0].p_value < 0.001 and wilcoxon[1].p_value > 0.05 and wilcoxon[0].test == "wilcoxon"
 
 
@@ -162,7 +163,9 @@ def test_paired_interval_uses_the_cells_resamples():
     joint = resampled_means(np.stack([a, b], 1), s)[:, :, 0]
     # the same draws; only the matrix product's summation order may differ in the last bit
     np.testing.assert_allclose(joint[:, 0], resampled_means(a[:, None], s)[:, 0, 0], rtol=1e-13)
-    comp = paired_comparisons({"a": {"m": a}, "b": {"m": b}}, [("a", "b")], s)[0]
+    column = compare_models({"a": {"m": a}, "b": {"m": b}}, [("a", "b")], s)
+    comp = column.comparisons[0]
+    assert column.intervals["a"]["m"] == pytest.approx(metric_intervals({"m": a}, s)["m"])
     lo, hi = np.quantile(joint[:, 0] - joint[:, 1], [0.025, 0.975])
     assert (comp.low, comp.high) == pytest.approx((100 * lo, 100 * hi))
 
@@ -172,8 +175,11 @@ def test_paired_macro_comparison():
     member = labels[:, None] == np.arange(2)[None, :]
     a = np.where(labels == 1, 1.0, 0.5)
     b = np.full(100, 0.5)
-    out = paired_comparisons({"a": {"m": a}, "b": {"m": b}}, [("a", "b")], StatsSettings(resamples=1000), member)
-    by_name = {c.metric: c for c in out}
+    column = compare_models({"a": {"m": a}, "b": {"m": b}}, [("a", "b")], StatsSettings(resamples=1000), member)
+    by_name = {c.metric: c for c in column.comparisons}
+    assert column.intervals["a"]["m_macro"] == pytest.approx(
+        metric_intervals({"m": a}, StatsSettings(resamples=1000), member)["m_macro"]
+    )
     assert by_name["m"].difference == pytest.approx(5.0) and by_name["m_macro"].difference == pytest.approx(25.0)
 
 
