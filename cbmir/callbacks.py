@@ -13,8 +13,11 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from cbmir import __version__
-from cbmir.metrics import relevance, retrieval_metrics
+from cbmir.diagnostics import hubness, leakage_audit
+from cbmir.metrics import class_membership, per_class, per_query_scores, relevance, summarize
+from cbmir.per_query import write_per_query
 from cbmir.search import search
+from cbmir.stats import StatsSettings, metric_intervals
 from cbmir.store import atomic_save_npy, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,10 @@ class CellResult:
     ties: str
     standard_metrics: bool
     record: dict[str, Any] = field(default_factory=dict)
-    #: uint8 images by role, for the gallery (memory-mapped; only the shown ones are read); None = no gallery
+    #: uint8 images by role, for the gallery and the leakage audit (memory-mapped; only the used ones are read)
     images: dict[str, np.ndarray] | None = None
+    gallery: bool = True
+    stats: StatsSettings = field(default_factory=StatsSettings)
     class_names: dict[str, str] | None = None
     search_backend: str = "auto"
     started: float = field(default_factory=time.perf_counter)
@@ -53,6 +58,7 @@ class RetrievalEvaluator(Callback):
         self.extraction_seconds = 0.0
         self._t0: float | None = None
         self.result: dict[str, Any] | None = None
+        self.scores: dict[str, np.ndarray] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
@@ -74,13 +80,14 @@ class RetrievalEvaluator(Callback):
         t0 = time.perf_counter()
         distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
         search_seconds = time.perf_counter() - t0
-        metrics = retrieval_metrics(
-            c.labels["query"], c.labels["database"], neighbors, k=c.k, ties=c.ties, standard=c.standard_metrics
-        )
+        t0 = time.perf_counter()
+        metrics, statistics = self.score(database, queries, neighbors)
+        statistics_seconds = time.perf_counter() - t0
         c.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_save_npy(c.out_dir / "neighbors.npy", neighbors)
         atomic_save_npy(c.out_dir / "distances.npy", distances)
-        gallery = self.render_gallery(neighbors) if c.images is not None else None
+        write_per_query(c.out_dir, self.scores, c.labels["query"])
+        gallery = self.render_gallery(neighbors) if c.images is not None and c.gallery else None
         result = {
             **c.record,
             "k": c.k,
@@ -89,10 +96,12 @@ class RetrievalEvaluator(Callback):
             "n_database": int(len(database)),
             "embedding_dim": int(database.shape[1]),
             "metrics": metrics,
+            **statistics,
             "embeddings": {role: str(Path(p).resolve()) for role, p in c.embeddings.items()},
             "seconds": {
                 "extraction": round(self.extraction_seconds, 3),
                 "search": round(search_seconds, 3),
+                "statistics": round(statistics_seconds, 3),
                 "total": round(time.perf_counter() - c.started, 3),
             },
             "index_gb": round(index_gb, 4),
@@ -109,6 +118,35 @@ class RetrievalEvaluator(Callback):
         log.info("%s: %s", c.out_dir, summary)
         print(f"[cbmir] {c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')}: {summary}")
         return result
+
+    def score(self, database: np.ndarray, queries: np.ndarray, neighbors: np.ndarray) -> tuple[dict, dict]:
+        """Headline metrics (percent) and the result's ``intervals``, ``per_class`` and ``diagnostics``.
+
+        Per-query scores are kept in ``self.scores`` (for per_query.npz): every headline is their mean,
+        its interval a bootstrap over them; the standard protocol adds MAP@R / R-precision from the
+        full ranking and every metric's macro average over classes.
+        """
+        c = self.cell
+        q_labels, db_labels = c.labels["query"], c.labels["database"]
+        scores = per_query_scores(q_labels, db_labels, neighbors, k=c.k, ties=c.ties, standard=c.standard_metrics)
+        if c.standard_metrics:
+            from cbmir.metrics_at_r import metrics_at_r
+
+            scores |= metrics_at_r(database, queries, db_labels, q_labels, c.metric)
+        membership, class_names = class_membership(q_labels)
+        macro = membership if c.standard_metrics else None
+        self.scores = scores
+        statistics = {
+            "intervals": metric_intervals(scores, c.stats, macro),
+            "per_class": per_class(scores, membership, class_names),
+            "diagnostics": {
+                "hubness": hubness(neighbors, len(database), top=c.stats.top_hubs),
+                "leakage": leakage_audit(
+                    database, queries, neighbors, scores, tolerance=c.stats.leak_tolerance, images=c.images
+                ),
+            },
+        }
+        return summarize(scores, macro), statistics
 
     def render_gallery(self, neighbors: np.ndarray) -> Path:
         """``gallery.png``: a fixed, seeded sample of queries with their neighbours, framed by relevance."""

@@ -25,6 +25,7 @@ from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id,
 from cbmir.loggers import close_loggers, make_loggers
 from cbmir.metrics import TIE_RULES
 from cbmir.search import METRICS
+from cbmir.stats import StatsSettings
 from cbmir.store import EmbeddingWriter, cache_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.max_forward_batch, int) or cfg.max_forward_batch < 1:
         raise ConfigError(f"max_forward_batch must be a positive integer, got {cfg.max_forward_batch!r}")
     volume_spec(cfg)
+    StatsSettings.from_config(cfg.get("stats"))
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
         raise ConfigError(f"model.weights={cfg.model.weights} does not exist")
 
@@ -208,7 +210,9 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         standard_metrics=bool(cfg.protocol.standard_metrics),
         record=record,
         started=t_start,
-        images={role: splits[role].images for role in ROLE_SPLIT} if cfg.gallery else None,
+        images={role: splits[role].images for role in ROLE_SPLIT},
+        gallery=bool(cfg.gallery),
+        stats=StatsSettings.from_config(cfg.get("stats")),
         class_names=medmnist_info(cfg.dataset.flag).get("label"),
     )
     loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []

@@ -3,6 +3,12 @@
 ``metric="l2"`` ranks by Euclidean distance on the raw embeddings (the study's code)
 and returns squared distances, as FAISS does; ``metric="cosine"`` ranks by inner
 product of L2-normalised embeddings and returns cosine similarities.
+
+Ties: both backends fetch a few candidates beyond k, rescore them exactly (float64, one
+shared formula) and order them by (distance, database index). Equal vectors thus get
+bit-identical scores and the lower database index wins, so FAISS (float32) and torch
+(float64) return the same neighbours even for duplicated database items. Rows where a
+tie group reaches the end of the candidate window are searched again with a wider one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import torch
 
 METRICS = ("l2", "cosine")
 FAISS_GPU_MAX_K = 2048
+#: Relative slack when checking whether a tie group may extend past the candidate window.
+TIE_RTOL = 1e-4
 
 log = logging.getLogger(__name__)
 
@@ -40,49 +48,98 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def rescore(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """Exact float64 scores of each query against its candidate rows: one formula for every backend."""
+    unique = np.unique(candidates)  # sorted: reads a memory-mapped database in order
+    db = np.asarray(database[unique], dtype=np.float64)
+    rows = np.searchsorted(unique, candidates)
+    q = np.asarray(queries, dtype=np.float64)
+    if metric == "cosine":
+        return np.einsum("qd,qkd->qk", l2_normalize(q), l2_normalize(db)[rows])
+    return ((db[rows] - q[:, None, :]) ** 2).sum(-1)
+
+
+def order_by_score_then_index(scores: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """Positions that sort each row by (distance ascending | similarity descending), then database index."""
+    return np.lexsort((candidates, scores if metric == "l2" else -scores), axis=-1)
+
+
+def _window_may_cut_a_tie(raw: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Rows whose last candidate is (within float32 slack) as near as their k-th: the tie may continue beyond."""
+    gap = raw[:, -1] - raw[:, k - 1] if metric == "l2" else raw[:, k - 1] - raw[:, -1]
+    scale = np.abs(raw).max(1) if metric == "l2" else 1.0
+    return gap <= TIE_RTOL * scale
+
+
+def _tie_broken(raw_search, database, queries, k: int, metric: str, chunk: int = 512):
+    """``raw_search(queries, width)`` over width > k candidates, rescored, ordered by (score, index).
+
+    Rows whose candidate window may cut a tie group are searched again with a wider window,
+    up to the whole database, so the result is exact whatever the number of duplicates.
+    """
+    n = len(database)
+    distances = np.empty((len(queries), k), dtype=np.float32)
+    indices = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        q = np.asarray(queries[start : start + chunk])
+        rows, width = np.arange(len(q)), min(n, 2 * k + 8)
+        while len(rows):
+            raw, cand = raw_search(q[rows], width)
+            scores = rescore(database, q[rows], cand, metric)
+            order = order_by_score_then_index(scores, cand, metric)[:, :k]
+            indices[start + rows] = np.take_along_axis(cand, order, 1)
+            distances[start + rows] = np.take_along_axis(scores, order, 1)
+            if width == n:
+                break
+            rows, width = rows[_window_may_cut_a_tie(raw, k, metric)], min(n, 4 * width)
+    return distances, indices
+
+
 def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, use_gpu: bool | None = None):
-    """``(distances float32 (Q, k), indices int64 (Q, k))``, nearest first."""
+    """``(distances float32 (Q, k), indices int64 (Q, k))``, nearest first, ties by database index."""
     import faiss
 
     _check(database, queries, k, metric)
     db = np.ascontiguousarray(database, dtype=np.float32)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
     if metric == "cosine":
-        db, q = l2_normalize(db), l2_normalize(q)
-    index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
-    gpu = faiss_has_gpu() if use_gpu is None else use_gpu
-    if gpu and k <= FAISS_GPU_MAX_K:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(db)
-    distances, indices = index.search(q, k)
-    return distances.astype(np.float32), indices.astype(np.int64)
+        db = l2_normalize(db)
+    cpu_index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
+    cpu_index.add(db)
+    gpu_index = faiss.index_cpu_to_all_gpus(cpu_index) if (faiss_has_gpu() if use_gpu is None else use_gpu) else None
+
+    def raw(q: np.ndarray, width: int):
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if metric == "cosine":
+            q = l2_normalize(q)
+        index = gpu_index if gpu_index is not None and width <= FAISS_GPU_MAX_K else cpu_index
+        return index.search(q, width)
+
+    return _tie_broken(raw, database, queries, k, metric)
 
 
 @torch.no_grad()
-def search_torch(
-    database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, device: str = "cpu", chunk: int = 1024
-):
-    """The same search with matmul + topk (fallback and test oracle), in float64 on CPU for exactness."""
+def search_torch(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, device: str = "cpu"):
+    """The same search with matmul + topk (fallback and test oracle), in float64 on CPU."""
     _check(database, queries, k, metric)
     dtype = torch.float64 if device == "cpu" else torch.float32
     db = torch.as_tensor(np.asarray(database), dtype=dtype, device=device)
-    q_all = torch.as_tensor(np.asarray(queries), dtype=dtype, device=device)
     if metric == "cosine":
         db = torch.nn.functional.normalize(db, dim=1)
-        q_all = torch.nn.functional.normalize(q_all, dim=1)
     db_sq = (db * db).sum(1)
-    dists, idxs = [], []
-    for start in range(0, len(q_all), chunk):
-        q = q_all[start : start + chunk]
+
+    def raw(queries_chunk: np.ndarray, width: int):
+        q = torch.as_tensor(queries_chunk, dtype=dtype, device=device)
+        if metric == "cosine":
+            q = torch.nn.functional.normalize(q, dim=1)
         sim = q @ db.T
         if metric == "l2":
             d = ((q * q).sum(1, keepdim=True) + db_sq[None, :] - 2 * sim).clamp_min_(0)
-            val, idx = torch.topk(d, k, dim=1, largest=False)
+            val, idx = torch.topk(d, width, dim=1, largest=False)
         else:
-            val, idx = torch.topk(sim, k, dim=1, largest=True)
-        dists.append(val.float().cpu())
-        idxs.append(idx.cpu())
-    return torch.cat(dists).numpy(), torch.cat(idxs).numpy().astype(np.int64)
+            val, idx = torch.topk(sim, width, dim=1, largest=True)
+        return val.cpu().numpy(), idx.cpu().numpy().astype(np.int64)
+
+    return _tie_broken(raw, database, queries, k, metric)
 
 
 def search(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, backend: str = "auto"):

@@ -58,3 +58,38 @@ def test_bad_metric_and_shapes(vectors):
         search(db, q, 3, "manhattan")
     with pytest.raises(ValueError, match="equal width"):
         search(db, q[:, :5], 3)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_ties_broken_by_database_index_in_both_backends(metric):
+    """Duplicated database vectors: equal scores, so the lower index comes first, identically in FAISS and torch."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(50, 16)).astype(np.float32)
+    # every vector five times, shuffled so duplicates sit at scattered indices
+    db = np.concatenate([base] * 5)[rng.permutation(250)]
+    q = np.concatenate([base[:10], rng.normal(size=(10, 16)).astype(np.float32)])
+    d_f, i_f = search_faiss(db, q, 7, metric)
+    d_t, i_t = search_torch(db, q, 7, metric)
+    np.testing.assert_array_equal(i_f, i_t)
+    np.testing.assert_array_equal(d_f, d_t)
+    brute = ((q[:, None, :].astype(np.float64) - db[None].astype(np.float64)) ** 2).sum(-1)
+    if metric == "cosine":
+        brute = -(l2_normalize(q.astype(np.float64)) @ l2_normalize(db.astype(np.float64)).T)
+    expected = np.lexsort((np.broadcast_to(np.arange(250), brute.shape), brute), axis=-1)[:, :7]
+    np.testing.assert_array_equal(i_f, expected)
+    for row in i_f:  # within each group of five copies the indices ascend
+        groups = {}
+        for j in row:
+            groups.setdefault(db[j].tobytes(), []).append(j)
+        assert all(g == sorted(g) for g in groups.values())
+
+
+def test_tie_group_wider_than_the_candidate_window():
+    """40 copies of the nearest vector and k=30: the window widens until the whole tie is seen."""
+    db = np.zeros((100, 4), dtype=np.float32)
+    db[:, 0] = np.arange(100) % 3  # values 0, 1, 2 repeated: ~33 exact copies of each
+    q = np.array([[1.0, 0, 0, 0]], dtype=np.float32)
+    for backend in (search_faiss, search_torch):
+        d, i = backend(db, q, 30, "l2")
+        np.testing.assert_array_equal(i[0], np.arange(1, 100, 3)[:30])
+        assert np.all(d == 0)
