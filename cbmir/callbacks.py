@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,11 +12,12 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from cbmir import __version__
+from cbmir.logs import get_logger
 from cbmir.metrics import relevance, retrieval_metrics
 from cbmir.search import search
 from cbmir.store import atomic_save_npy, atomic_write_json
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass
@@ -106,8 +106,7 @@ class RetrievalEvaluator(Callback):
                 logger.log_image(key="gallery", images=[str(gallery)], step=0)
         self.result = result
         summary = "  ".join(f"{name} {value:.2f}" for name, value in metrics.items())
-        log.info("%s: %s", c.out_dir, summary)
-        print(f"[cbmir] {c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')}: {summary}")
+        log.info("%s · %s · %s: %s", c.record.get("model"), c.record.get("dataset"), c.record.get("size"), summary)
         return result
 
     def render_gallery(self, neighbors: np.ndarray) -> Path:

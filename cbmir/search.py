@@ -7,15 +7,15 @@ product of L2-normalised embeddings and returns cosine similarities.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
+
+from cbmir.logs import get_logger
 
 METRICS = ("l2", "cosine")
 FAISS_GPU_MAX_K = 2048
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

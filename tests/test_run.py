@@ -86,6 +86,8 @@ def test_ddp_two_processes_equal_single_process(data_dir, tmp_path):
         launcher=torchrun,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # status lines come from rank 0 only: one result line per cell, one summary
+    assert ddp.stdout.count("mAP@5") == 2 and ddp.stdout.count("sweep: 2 cells ok") == 1, ddp.stdout[-3000:]
     a, b = results(single_out), results(ddp_out)
     assert set(a) == set(b) and len(a) == 2
     for key in a:
