@@ -1,4 +1,5 @@
-# cbmir: `make run` installs and runs the default cell; `make test` installs and runs the offline test suite.
+# cbmir: `make run` installs and runs the default cell; `make test` installs and runs the offline test suite;
+# `make test-fast` skips the tests marked slow; `make lint` checks style (ruff).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ FAISS ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench report clean
+.PHONY: install run test test-fast lint bench report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,15 @@ run: install
 # Offline by construction: no test may need the network.
 test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (subprocess command lines, torchrun, real weights, full-size networks).
+test-fast: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff, as configured in pyproject.toml: lint rules, then formatting (checked, never rewritten here).
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
 
 # Tables, figures and the comparison with the paper, from every result under outputs/ (ARGS: folders, --out, --wandb).
 report: install

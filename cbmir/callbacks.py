@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,13 +13,14 @@ from lightning.pytorch.callbacks import Callback
 
 from cbmir import __version__
 from cbmir.diagnostics import hubness, leakage_audit
+from cbmir.logs import get_logger
 from cbmir.metrics import class_membership, per_class, per_query_scores, relevance, summarize
 from cbmir.per_query import write_per_query
 from cbmir.search import search
 from cbmir.stats import StatsSettings, metric_intervals
 from cbmir.store import atomic_save_npy, atomic_write_json
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass
@@ -115,8 +115,7 @@ class RetrievalEvaluator(Callback):
                 logger.log_image(key="gallery", images=[str(gallery)], step=0)
         self.result = result
         summary = "  ".join(f"{name} {value:.2f}" for name, value in metrics.items())
-        log.info("%s: %s", c.out_dir, summary)
-        print(f"[cbmir] {c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')}: {summary}")
+        log.info("%s · %s · %s: %s", c.record.get("model"), c.record.get("dataset"), c.record.get("size"), summary)
         return result
 
     def score(self, database: np.ndarray, queries: np.ndarray, neighbors: np.ndarray) -> tuple[dict, dict]:

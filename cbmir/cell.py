@@ -7,7 +7,6 @@ is skipped unless ``overwrite=true``, so a broken sweep resumes where it stopped
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -23,12 +22,13 @@ from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.loggers import close_loggers, make_loggers
+from cbmir.logs import get_logger
 from cbmir.metrics import TIE_RULES
 from cbmir.search import METRICS
 from cbmir.stats import StatsSettings
 from cbmir.store import EmbeddingWriter, cache_path, write_sidecar
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -163,7 +163,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     out = cell_dir(cfg)
     result_file = out / "result.json"
     if result_file.exists() and not cfg.overwrite:
-        print(f"[cbmir] {cell_name(cfg)}: finished already ({result_file}); overwrite=true recomputes it")
+        log.info("%s: finished already (%s); overwrite=true recomputes it", cell_name(cfg), result_file)
         return json.loads(result_file.read_text())
 
     t_start = time.perf_counter()
@@ -185,7 +185,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and targets[role].exists())]
     for role in ROLE_SPLIT:
         if role not in todo:
-            print(f"[cbmir] {cell_name(cfg)}: {role} embeddings from cache ({targets[role]})")
+            log.info("%s: %s embeddings from cache (%s)", cell_name(cfg), role, targets[role])
 
     record = {
         "protocol": protocol_id(cfg),

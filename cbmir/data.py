@@ -20,6 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from cbmir.errors import ConfigError, DataError
+from cbmir.logs import get_logger
+
+log = get_logger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: The study's roles: the training split is the searchable database, the test split the queries.
@@ -83,7 +86,7 @@ def ensure_file(flag: str, size: int, data_dir: str | Path, *, download: bool = 
     if not download:
         raise DataError(f"{path.name} is not in {root.resolve()} and dataset.download=false.\n{howto}")
     root.mkdir(parents=True, exist_ok=True)
-    print(f"[cbmir] downloading {path.name} ({url}) into {root}")
+    log.info("downloading %s (%s) into %s", path.name, url, root)
     try:
         _download(url, root, path.name, md5)
     except Exception as exc:  # network down, server error, MD5 mismatch, ...

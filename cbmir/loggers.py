@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from cbmir.layout import model_id
+from cbmir.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None = None) -> list:

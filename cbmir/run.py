@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,15 @@ from omegaconf import DictConfig
 
 from cbmir.errors import CbmirError, ConfigError, InvalidCellError
 from cbmir.layout import CONF_DIR, cell_name
+from cbmir.logs import get_logger
 
-log = logging.getLogger("cbmir")
+log = get_logger("cbmir.run")  # not __name__: that is "__main__" under python -m cbmir.run
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def _one_output_path() -> None:
+    """Lightning's package adds its own stderr handler on import; drop it so its lines reach Hydra's handlers once."""
+    logging.getLogger("lightning").handlers.clear()
 
 
 def _launched_externally() -> bool:
@@ -55,6 +60,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     from cbmir.cell import run_cell
 
+    _one_output_path()
     name = cell_name(cfg)
     try:
         check_launch(cfg, multirun)
@@ -63,22 +69,22 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     except InvalidCellError as exc:
         if not multirun:
             _fail(exc)
-        print(f"[cbmir] skipped {name}: {exc}")
+        log.info("skipped %s: %s", name, exc)
         return {"cell": name, "status": "skipped", "message": str(exc)}
     except CbmirError as exc:
         if not multirun:
             _fail(exc)
-        print(f"[cbmir] FAILED {name}: {exc}", file=sys.stderr)
+        log.error("FAILED %s: %s", name, exc)
         return {"cell": name, "status": "failed", "message": str(exc)}
     except Exception as exc:
         if not multirun:
             raise
-        traceback.print_exc()
-        print(f"[cbmir] FAILED {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        log.exception("FAILED %s: %s: %s", name, type(exc).__name__, exc)
         return {"cell": name, "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _fail(exc: Exception) -> None:
+    """A user's mistake: one message on stderr on every rank (each rank exits on it), no traceback, exit status 2."""
     print(f"cbmir: error: {exc}", file=sys.stderr)
     sys.exit(2)
 

@@ -13,17 +13,17 @@ tie group reaches the end of the candidate window are searched again with a wide
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
+
+from cbmir.logs import get_logger
 
 METRICS = ("l2", "cosine")
 FAISS_GPU_MAX_K = 2048
 #: Relative slack when checking whether a tie group may extend past the candidate window.
 TIE_RTOL = 1e-4
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -9,6 +9,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cbmir.logs import get_logger
+
+log = get_logger(__name__)
+
 
 class SweepSummary(Callback):
     def __init__(self) -> None:
@@ -29,13 +33,13 @@ class SweepSummary(Callback):
         by_status: dict[str, list[dict[str, Any]]] = {}
         for outcome in self.outcomes:
             by_status.setdefault(outcome["status"], []).append(outcome)
-        print(
-            f"[cbmir] sweep: {len(by_status.get('ok', []))} cells ok, "
-            f"{len(by_status.get('skipped', []))} skipped, {len(by_status.get('failed', []))} failed"
+        log.info(
+            "sweep: %d cells ok, %d skipped, %d failed",
+            *(len(by_status.get(status, [])) for status in ("ok", "skipped", "failed")),
         )
         for outcome in by_status.get("skipped", []):
-            print(f"  skipped {outcome['cell']}: {outcome['message'].splitlines()[0]}")
+            log.info("  skipped %s: %s", outcome["cell"], outcome["message"].splitlines()[0])
         for outcome in by_status.get("failed", []):
-            print(f"  FAILED  {outcome['cell']}: {outcome['message'].splitlines()[0]}")
+            log.error("  FAILED  %s: %s", outcome["cell"], outcome["message"].splitlines()[0])
         if by_status.get("failed"):
             sys.exit(1)

@@ -1,6 +1,7 @@
 """One cell in-process: the result contract, skipping, caching, protocols, validation and crash safety."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +84,15 @@ def test_finished_cell_is_skipped_unless_overwrite(cell_cfg, monkeypatch):
     assert again["cached"] == {"database": True, "query": True}
 
 
-def test_cache_reused_across_metrics_and_keyed_by_content(cell_cfg, capsys):
+def test_cache_reused_across_metrics_and_keyed_by_content(cell_cfg, caplog):
+    caplog.set_level(logging.INFO, logger="cbmir")
     first = run_cell(cell_cfg())
     assert first["cached"] == {"database": False, "query": False}
     cosine = run_cell(cell_cfg("protocol.metric=cosine"))
     assert cosine["protocol"] == "paper+cosine" and cosine["metric"] == "cosine"
     assert cosine["cached"] == {"database": True, "query": True}
     assert cosine["embeddings"] == first["embeddings"]
-    assert "embeddings from cache" in capsys.readouterr().out
+    assert "tiny_resnet: query embeddings from cache" in caplog.text
     other_seed = run_cell(cell_cfg("seed=1", "protocol=standard"))  # random weights: the seed is part of the key
     assert other_seed["cached"] == {"database": False, "query": False}
     assert other_seed["embeddings"] != first["embeddings"]

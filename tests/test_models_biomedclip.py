@@ -44,6 +44,7 @@ def released(tmp_path_factory):
     return folder, sd
 
 
+@pytest.mark.slow  # a full-size network on 2 CPU cores: half a minute or more
 def test_biomedclip_equals_open_clip(released):
     from open_clip.model import _build_vision_tower
 

@@ -48,6 +48,7 @@ def conch_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a full-size network on 2 CPU cores: half a minute or more
 def test_conch_equals_official_encode_image(conch_file):
     golden = np.load(GOLDEN / "conch.npz")
     x = recipe().model_input((2, 3, 448, 448))[:1]  # one of the two golden rows keeps the test fast

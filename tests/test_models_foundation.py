@@ -334,6 +334,7 @@ def test_generic_open_clip_from_a_hub_repository(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- one cell
 
 
+@pytest.mark.slow  # a full-size network on 2 CPU cores: half a minute or more
 def test_medclip_cell_end_to_end(cell_cfg):
     """A foundation model (random weights) through the real cell: grayscale + pad preprocessing, 512-d unit norm."""
     from cbmir.cell import run_cell

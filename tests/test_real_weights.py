@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -109,6 +110,7 @@ def run_cell(data_dir: Path, out_dir: Path, *model_args: str) -> dict:
     return json.loads((out_dir / "results" / "paper" / FLAG / str(SIZE) / name / "result.json").read_text())
 
 
+@pytest.mark.slow
 def test_real_imagenet_weights_beat_random_init_on_real_tissue(tmp_path):
     from safetensors.torch import save_file
     from skimage import data
