@@ -835,7 +835,7 @@ class StandIn(nn.Module):
 def rss_child(params: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: the real backbone over the first batches of a large memory-mapped 224-px split,
     then a stand-in backbone over all of it, with the peak RSS of both."""
-    from cbmir.models.registry import Backbone
+    from cbmir.models.base import Backbone
 
     args = argparse.Namespace(**params["args"])
     args.conf_dir = Path(args.conf_dir)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmir.errors import ConfigError
-from cbmir.models.registry import Backbone, Preprocess
+from cbmir.models.base import Backbone, Preprocess
 
 # ITU-R 601-2 luma in PIL's fixed-point form: L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16.
 LUMA_FIXED = (19595, 38470, 7471)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +21,33 @@ from medmnist_fixtures import write_medmnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
+#: Reference embeddings and checkpoint layouts of the upstream implementations (scripts/make_golden.py).
+GOLDEN = ROOT / "tests" / "golden"
 #: timm's 0.4 M-parameter test ResNet (96-d): real CNN code paths at a fraction of the cost.
 TINY_CNN = ["model.arch=test_resnet.r160_in1k", "model.dim=96", "model.name=tiny_resnet"]
+
+
+def compose_config(overrides: list[str], *, hydra: bool = False):
+    """The real config tree composed with ``overrides``, as the command line would (``hydra``: with ``cfg.hydra``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+
+
+@functools.cache
+def _model_node(name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_config([f"model={name}"]).model, resolve=True)  # type: ignore[return-value]
+
+
+def model_cfg(name: str, /, **over: Any):
+    """``conf/model/<name>.yaml`` as ``model=<name>`` composes it (bases included), with ``over`` merged in."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(OmegaConf.create(_model_node(name)), over)
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +83,7 @@ def base_overrides(data_dir: Path, out_dir: Path, *, tiny: bool = True) -> list[
 @pytest.fixture
 def compose():
     """Compose the real config tree with overrides, as the command line would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    def _compose(overrides: list[str]):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-
-    return _compose
+    return compose_config
 
 
 @pytest.fixture

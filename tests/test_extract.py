@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmir.extract import EmbeddingModule, preprocess, to_nchw
-from cbmir.models.registry import Backbone, Preprocess
+from cbmir.models.base import Backbone, Preprocess
 
 
 def gray(n=2, size=28, value=None, seed=0):

@@ -9,25 +9,18 @@ open_clip is a project dependency, so the tests also compare in-process, bit for
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GOLDEN, model_cfg
 from golden_recipe import recipe
-from omegaconf import OmegaConf
 
 from cbmir.extract import preprocess
 from cbmir.models import build_backbone
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden"
 REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-
-
-def model_cfg(**over):
-    return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "biomedclip.yaml"), over)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +43,7 @@ def test_biomedclip_equals_open_clip(released):
 
     folder, sd = released
     golden = np.load(GOLDEN / "biomedclip.npz")
-    bb = build_backbone(model_cfg(weights=str(folder)))
+    bb = build_backbone(model_cfg("biomedclip", weights=str(folder)))
     assert bb.dim == 512 and bb.unit_norm
     x = recipe().model_input((2, 3, 224, 224))
     official = _build_vision_tower(512, recipe().BIOMEDCLIP_VISION_CFG).eval()
@@ -65,7 +58,7 @@ def test_biomedclip_end_to_end_at_224(released):
     """A 224-px image needs no resampling: preprocessing + tower equal the official transform + tower."""
     folder, _ = released
     golden = np.load(GOLDEN / "biomedclip.npz")
-    bb = build_backbone(model_cfg(weights=str(folder)))
+    bb = build_backbone(model_cfg("biomedclip", weights=str(folder)))
     img = recipe().synthetic_image(224, 224, "RGB", 4)
     with torch.no_grad():
         out = bb.net(preprocess(torch.from_numpy(img)[None], bb.preprocess))
@@ -84,7 +77,7 @@ def test_biomedclip_downloads_the_pinned_revision(released, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    bb = build_backbone(model_cfg())
+    bb = build_backbone(model_cfg("biomedclip"))
     assert calls == [(REPO, "open_clip_pytorch_model.bin", "f658b0b9eeca714b891d004b2d714c7ad3705170", "hf_test_token")]
     assert (
         bb.identity["weights"] == f"hf-hub:{REPO}/open_clip_pytorch_model.bin@f658b0b9eeca714b891d004b2d714c7ad3705170"
@@ -100,7 +93,7 @@ def test_resampled_preprocessing_is_close_to_pil_but_not_exact():
 
     r = recipe()
     with torch.device("meta"):
-        spec = build_backbone(model_cfg(pretrained=False)).preprocess
+        spec = build_backbone(model_cfg("biomedclip", pretrained=False)).preprocess
     ref = T.Compose(
         [
             T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),

@@ -14,25 +14,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GOLDEN, model_cfg
 from golden_recipe import recipe
-from omegaconf import OmegaConf
 from torch import nn
 
 from cbmir.errors import WeightsError
 from cbmir.models import build_backbone
-
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden"
-
-
-def model_cfg(name: str, **over):
-    return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), over)
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +181,9 @@ class TridentConch15(nn.Module):
 
 def test_conch15_equals_an_independent_rebuild(tmp_path, monkeypatch):
     """The real loader (key map, pos-embed interpolation, strict load) on a 2-block ViT-L trunk at 448."""
-    from cbmir.models import conch
+    from cbmir.models import conch15
 
-    monkeypatch.setattr(conch, "CONCH15_DEPTH", 2)
+    monkeypatch.setattr(conch15, "CONCH15_DEPTH", 2)
     r = recipe()
     torch.manual_seed(0)
     ref = TridentConch15(depth=2).eval()

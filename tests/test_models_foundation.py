@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import importlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import CONF_DIR, model_cfg
 
 from cbmir.errors import ConfigError, WeightsError
 from cbmir.models import build_backbone, families
-
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf" / "model"
 
 #: model → (embedding width, unit norm): the values the YAML comments document.
 FOUNDATION = {
@@ -55,10 +51,6 @@ GATED = {
 }
 
 
-def model_cfg(model: str, /, **over):
-    return OmegaConf.merge(OmegaConf.load(CONF / f"{model}.yaml"), over)
-
-
 def hub_error(name: str, message: str):
     """A huggingface_hub exception as ``hf_hub_download`` raises it (HTTP errors carry a response)."""
     import huggingface_hub.errors as hfe
@@ -76,7 +68,7 @@ def test_every_model_builds_with_its_documented_width(name):
     dim, unit = FOUNDATION[name]
     cfg = model_cfg(name, pretrained=False)
     assert cfg.name == name and cfg.dim == dim and cfg.family in families()
-    text = (CONF / f"{name}.yaml").read_text()
+    text = (CONF_DIR / "model" / f"{name}.yaml").read_text()
     assert text.startswith("#") and "Embedding" in text and "Preprocess" in text
     with torch.device("meta"):
         bb = build_backbone(cfg)

@@ -15,23 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN, model_cfg
 from golden_recipe import recipe
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from cbmir.errors import ConfigError, WeightsError
 from cbmir.models import build_backbone
-from cbmir.models.vit import preprocess_from_hf
+from cbmir.models.timm_vit import preprocess_from_hf
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden"
 SMALL_DINOV2 = {"img_size": 56, "patch_size": 14, "embed_dim": 64, "depth": 2, "num_heads": 4, "init_values": 1.0}
 SMALL_SIGLIP = {"img_size": 56, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0, "act_layer": "gelu_tanh"}
 SMALL_PRE = {"size": 56, "resize": "resize", "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
-def model_cfg(name: str, **over):
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
+def small_cfg(name: str, **over):
+    cfg = model_cfg(name)
     cfg.dim = None
     cfg.preprocess = SMALL_PRE
     return OmegaConf.merge(cfg, over)
@@ -50,7 +49,7 @@ def dinov2_files(folder: Path, rename=None) -> Path:
 def test_dinov2_models_equal_transformers(tmp_path, name):
     golden = np.load(GOLDEN / "hf_vit.npz")
     folder = dinov2_files(tmp_path / "w")
-    bb = build_backbone(model_cfg(name, kwargs=SMALL_DINOV2, weights=str(folder)))
+    bb = build_backbone(small_cfg(name, kwargs=SMALL_DINOV2, weights=str(folder)))
     with torch.no_grad():
         out = bb.net(recipe().model_input((2, 3, 56, 56)))
     np.testing.assert_allclose(out.numpy(), golden["dinov2_cls"], rtol=0, atol=1e-5)
@@ -69,7 +68,7 @@ def test_dinov2_transformers5_names_load_too(tmp_path):
         return key
 
     golden = np.load(GOLDEN / "hf_vit.npz")
-    bb = build_backbone(model_cfg("raddino", kwargs=SMALL_DINOV2, weights=str(dinov2_files(tmp_path, v5))))
+    bb = build_backbone(small_cfg("raddino", kwargs=SMALL_DINOV2, weights=str(dinov2_files(tmp_path, v5))))
     with torch.no_grad():
         np.testing.assert_allclose(
             bb.net(recipe().model_input((2, 3, 56, 56))).numpy(), golden["dinov2_cls"], atol=1e-5, rtol=0
@@ -88,7 +87,7 @@ def siglip_state_dict():
 def test_medsiglip_equals_transformers_get_image_features(tmp_path):
     golden = np.load(GOLDEN / "hf_vit.npz")
     save_file(siglip_state_dict(), str(tmp_path / "model.safetensors"))
-    bb = build_backbone(model_cfg("medsiglip", kwargs=SMALL_SIGLIP, weights=str(tmp_path / "model.safetensors")))
+    bb = build_backbone(small_cfg("medsiglip", kwargs=SMALL_SIGLIP, weights=str(tmp_path / "model.safetensors")))
     assert bb.dim == 64 and not bb.unit_norm
     with torch.no_grad():
         out = bb.net(recipe().model_input((2, 3, 56, 56)))
@@ -108,7 +107,7 @@ def test_sharded_safetensors_checkpoint(tmp_path):
     index = {"metadata": {}, "weight_map": {k: shard for shard, names in shards.items() for k in names}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     golden = np.load(GOLDEN / "hf_vit.npz")
-    bb = build_backbone(model_cfg("medsiglip", kwargs=SMALL_SIGLIP, weights=str(tmp_path)))
+    bb = build_backbone(small_cfg("medsiglip", kwargs=SMALL_SIGLIP, weights=str(tmp_path)))
     with torch.no_grad():
         np.testing.assert_allclose(
             bb.net(recipe().model_input((2, 3, 56, 56))).numpy(), golden["siglip_pooled"], atol=1e-5, rtol=0
@@ -119,7 +118,7 @@ def test_wrong_size_checkpoint_is_rejected(tmp_path):
     folder = dinov2_files(tmp_path / "w")
     wider = {**SMALL_DINOV2, "embed_dim": 96, "num_heads": 4}
     with pytest.raises(WeightsError, match="does not (match|fit)"):
-        build_backbone(model_cfg("raddino", kwargs=wider, weights=str(folder)))
+        build_backbone(small_cfg("raddino", kwargs=wider, weights=str(folder)))
 
 
 def test_preprocessor_config_beside_the_weights_sets_the_preprocessing(tmp_path):
@@ -141,7 +140,7 @@ def test_preprocessor_config_beside_the_weights_sets_the_preprocessing(tmp_path)
             }
         )
     )
-    bb = build_backbone(model_cfg("raddino", kwargs=SMALL_DINOV2, weights=str(folder)))
+    bb = build_backbone(small_cfg("raddino", kwargs=SMALL_DINOV2, weights=str(folder)))
     spec = bb.preprocess
     assert (spec.input_size, spec.resize, spec.interpolation, spec.mean) == (
         64,

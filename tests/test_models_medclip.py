@@ -10,25 +10,18 @@ torch preprocessing must reproduce them within 1e-5.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN, model_cfg
 from golden_recipe import recipe
-from omegaconf import OmegaConf
 
 from cbmir.errors import WeightsError
 from cbmir.extract import preprocess
 from cbmir.models import build_backbone
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden"
 IMAGES = {"rgb28": (28, 28, "RGB", 1), "l64": (64, 64, "L", 2), "rgb30x40": (30, 40, "RGB", 5)}
-
-
-def model_cfg(**over):
-    return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "medclip.yaml"), over)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ def medclip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone(medclip_dir):
-    return build_backbone(model_cfg(weights=str(medclip_dir)))
+    return build_backbone(model_cfg("medclip", weights=str(medclip_dir)))
 
 
 def test_medclip_equals_official_img_embeds(backbone):
@@ -86,8 +79,8 @@ def test_medclip_without_weights_says_where_to_get_them():
     with pytest.raises(
         WeightsError, match=r"not on the Hugging Face hub.*medclip-vit-pretrained\.zip.*model\.weights="
     ):
-        build_backbone(model_cfg())
-    assert build_backbone(model_cfg(pretrained=False)).identity["weights"] == "random"
+        build_backbone(model_cfg("medclip"))
+    assert build_backbone(model_cfg("medclip", pretrained=False)).identity["weights"] == "random"
 
 
 def test_medclip_incomplete_checkpoint_is_rejected(tmp_path):
@@ -96,4 +89,4 @@ def test_medclip_incomplete_checkpoint_is_rejected(tmp_path):
     sd = r.seeded_state_dict({k: v for k, v in layout.items() if "layers.3." not in k})
     torch.save(sd, tmp_path / "pytorch_model.bin")
     with pytest.raises(WeightsError, match="missing keys"):
-        build_backbone(model_cfg(weights=str(tmp_path / "pytorch_model.bin")))
+        build_backbone(model_cfg("medclip", weights=str(tmp_path / "pytorch_model.bin")))

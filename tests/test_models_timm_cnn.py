@@ -3,17 +3,15 @@
 import pytest
 import timm
 import torch
-from omegaconf import OmegaConf
+from conftest import model_cfg
 
 from cbmir.errors import ConfigError, WeightsError
 from cbmir.models import build_backbone
 
 
-def model_cfg(name: str, *, from_hub: bool = False, **over):
+def cnn_cfg(name: str, *, from_hub: bool = False, **over):
     """A model config with random weights, or (``from_hub``) with the hub weights that offline tests must not reach."""
-    cfg = OmegaConf.load(f"conf/model/{name}.yaml")
-    cfg.pretrained = from_hub
-    return OmegaConf.merge(cfg, over)
+    return model_cfg(name, pretrained=from_hub, **over)
 
 
 @pytest.mark.parametrize(
@@ -21,7 +19,7 @@ def model_cfg(name: str, *, from_hub: bool = False, **over):
 )
 def test_cnn_gap_of_last_conv_block(name, dim):
     torch.manual_seed(0)
-    bb = build_backbone(model_cfg(name))
+    bb = build_backbone(cnn_cfg(name))
     assert bb.dim == dim and not bb.unit_norm
     assert bb.preprocess.input_size is None and bb.preprocess.min_size == 32  # runs at the cell's size
     x = torch.randn(2, 3, 32, 32)
@@ -34,8 +32,8 @@ def test_cnn_gap_of_last_conv_block(name, dim):
 
 
 def test_efficientnetv2_uses_its_own_normalisation():
-    assert build_backbone(model_cfg("efficientnetv2_m")).preprocess.mean == (0.5, 0.5, 0.5)
-    assert build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96)).preprocess.mean == (
+    assert build_backbone(cnn_cfg("efficientnetv2_m")).preprocess.mean == (0.5, 0.5, 0.5)
+    assert build_backbone(cnn_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96)).preprocess.mean == (
         0.5,
         0.5,
         0.5,
@@ -56,7 +54,7 @@ def test_local_checkpoint_with_classifier_loads_as_is(tmp_path, suffix):
         save_file(sd, str(path))
     else:
         torch.save(sd, path)
-    bb = build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, weights=str(path)))
+    bb = build_backbone(cnn_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, weights=str(path)))
     loaded = bb.net.model.state_dict()
     for key, value in loaded.items():
         torch.testing.assert_close(value, sd[key], rtol=0, atol=0)
@@ -70,23 +68,23 @@ def test_local_checkpoint_with_classifier_loads_as_is(tmp_path, suffix):
 def test_local_checkpoint_of_another_architecture_is_rejected(tmp_path):
     torch.save(timm.create_model("test_efficientnet.r160_in1k").state_dict(), tmp_path / "w.pth")
     with pytest.raises(WeightsError, match="does not fit"):
-        build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, weights=str(tmp_path / "w.pth")))
+        build_backbone(cnn_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, weights=str(tmp_path / "w.pth")))
 
 
 def test_unreadable_checkpoint(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"garbage")
     with pytest.raises(WeightsError):
-        build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, weights=str(tmp_path / "w.pth")))
+        build_backbone(cnn_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, weights=str(tmp_path / "w.pth")))
 
 
 def test_hub_offline_without_cache_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    cfg = model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, from_hub=True)
+    cfg = cnn_cfg("resnet50", arch="test_resnet.r160_in1k", dim=96, from_hub=True)
     with pytest.raises(WeightsError, match="model.weights="):
         build_backbone(cfg)
 
 
 def test_declared_dim_must_match():
     with pytest.raises(ConfigError, match="dim=7"):
-        build_backbone(model_cfg("resnet50", arch="test_resnet.r160_in1k", dim=7))
+        build_backbone(cnn_cfg("resnet50", arch="test_resnet.r160_in1k", dim=7))

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbmir.models.common import hub_block, preprocess_from_cfg, wants_weights
-from cbmir.models.registry import Backbone, register
-from cbmir.models.weights import load_checkpoint, load_module_strict
+from cbmir.models.base import Backbone
+from cbmir.models.common import preprocess_from_cfg
+from cbmir.models.weights import load_weights
 
 
 class BiomedClipVision(nn.Module):
@@ -36,24 +36,13 @@ class BiomedClipVision(nn.Module):
         return F.normalize(out, dim=-1) if self.normalize else out
 
 
-def biomedclip_key_map(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def biomedclip_key_map(sd: Mapping[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
     return {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
 
 
-@register("biomedclip")
 def load_biomedclip(cfg: Any) -> Backbone:
     normalize = bool(cfg.get("normalize", True))
     spec, _ = preprocess_from_cfg(cfg.get("preprocess"))
-    identity: dict[str, Any] = {"family": "biomedclip", "normalize": normalize}
-    if wants_weights(cfg):
-        hub = hub_block(cfg)
-        sd, source = load_checkpoint(
-            cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"]
-        )
-        net = BiomedClipVision(normalize=normalize)
-        load_module_strict(net, biomedclip_key_map(sd), source=f"{source} (model {cfg.name})")
-        identity["weights"] = source
-    else:
-        identity["weights"] = "random"
-        net = BiomedClipVision(normalize=normalize)
+    net, weights = load_weights(cfg, lambda: BiomedClipVision(normalize=normalize), biomedclip_key_map)
+    identity = {"family": "biomedclip", "normalize": normalize, "weights": weights}
     return Backbone(net=net, preprocess=spec, dim=512, unit_norm=normalize, identity=identity)

@@ -1,7 +1,8 @@
-"""Small pieces the foundation-model families share: preprocessing specs from YAML, crops, L2 norm, hub blocks."""
+"""Small pieces the families share: plain containers, preprocessing specs from YAML, crops, result-folder names."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from cbmir.errors import ConfigError
-from cbmir.models.registry import Preprocess
+from cbmir.models.base import Preprocess
 
 
 def plain(value: Any) -> Any:
@@ -76,20 +77,13 @@ def with_crop(net: nn.Module, crop: int | None) -> nn.Module:
     return nn.Sequential(CenterCrop(crop), net) if crop else net
 
 
-def hub_block(cfg: Any) -> dict[str, Any]:
-    """``model.hub``: ``repo``, ``files`` (candidates, first found wins), ``revision`` (pinned commit), ``gated``."""
-    hub = plain(cfg.get("hub")) or {}
-    files = hub.get("files") or []
-    if isinstance(files, str):
-        files = [files]
-    return {
-        "repo": hub.get("repo"),
-        "files": tuple(files),
-        "revision": hub.get("revision"),
-        "gated": bool(hub.get("gated", False)),
-    }
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._+=-]+$")
 
 
-def wants_weights(cfg: Any) -> bool:
-    """A local file always loads; otherwise ``model.pretrained`` (default true) decides."""
-    return bool(cfg.get("weights")) or bool(cfg.get("pretrained", True))
+def check_folder_name(cfg: Any) -> None:
+    """``model.name`` is the result folder: the generic entries (any timm / open_clip model) must keep it safe."""
+    if not SAFE_NAME.match(str(cfg.name)):
+        raise ConfigError(
+            f"model.name={cfg.name!r} names the result folder and must use only letters, digits and ._+=-; "
+            "the model itself is chosen with model.arch (and model.tag)"
+        )

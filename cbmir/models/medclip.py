@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbmir.errors import WeightsError
-from cbmir.models.common import preprocess_from_cfg, wants_weights
-from cbmir.models.registry import Backbone, register
-from cbmir.models.weights import file_identity, load_module_strict, read_state_dict, resolve_weights_file
+from cbmir.models.base import Backbone
+from cbmir.models.common import preprocess_from_cfg
+from cbmir.models.weights import load_weights, resolve_weights_file, wants_weights
 
 WEIGHTS_HELP = (
     "MedCLIP's weights are not on the Hugging Face hub. Download upstream's zip "
@@ -57,7 +57,7 @@ class MedClipVision(nn.Module):
         return F.normalize(out, dim=-1) if self.normalize else out
 
 
-def medclip_key_map(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def medclip_key_map(sd: Mapping[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, int, str], dict[str, torch.Tensor]] = {}
     prefix = "vision_model.model."
@@ -111,21 +111,12 @@ def find_medclip_file(weights: str) -> Path:
     return resolve_weights_file(p, ("pytorch_model.bin",))
 
 
-@register("medclip")
 def load_medclip(cfg: Any) -> Backbone:
     normalize = bool(cfg.get("normalize", True))
     spec, _ = preprocess_from_cfg(cfg.get("preprocess"))
-    identity: dict[str, Any] = {"family": "medclip", "normalize": normalize}
-    if cfg.get("weights"):
-        path = find_medclip_file(str(cfg.weights))
-        source = file_identity(path)
-        sd = medclip_key_map(read_state_dict(path))
-        net = MedClipVision(normalize=normalize)
-        load_module_strict(net, sd, source=f"{path} (model {cfg.name})")
-        identity["weights"] = source
-    elif wants_weights(cfg):
+    if wants_weights(cfg) and not cfg.get("weights"):
         raise WeightsError(f"model {cfg.name}: model.weights is not set. {WEIGHTS_HELP}")
-    else:
-        identity["weights"] = "random"
-        net = MedClipVision(normalize=normalize)
+    local = find_medclip_file(str(cfg.weights)) if cfg.get("weights") else None
+    net, weights = load_weights(cfg, lambda: MedClipVision(normalize=normalize), medclip_key_map, local=local)
+    identity = {"family": "medclip", "normalize": normalize, "weights": weights}
     return Backbone(net=net, preprocess=spec, dim=512, unit_norm=normalize, identity=identity)

@@ -1,4 +1,11 @@
-"""Weights from the hub or from local files, loaded strictly, with errors that say what to do."""
+"""Weights from the hub or from local files, loaded strictly, with errors that say what to do.
+
+Every family that holds its own network loads through :func:`load_weights`: read the state dict
+(``model.weights`` or the pinned hub file, sharded or not), build the network, map the keys with the
+family's hook, load strictly. Two families of generic upstream models load through their library's own
+strict loader instead, because it runs each model's checkpoint filter: ``timm``/``timm_cnn``
+(:func:`create_timm_model`) and ``open_clip`` (``open_clip.load_checkpoint(strict=True)``).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,31 @@ import torch
 from torch import nn
 
 from cbmir.errors import WeightsError
+from cbmir.models.common import plain
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+#: A family's key-map hook: the checkpoint's state dict (and the built network) → the network's keys.
+KeyMap = Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]]
+
+
+def wants_weights(cfg: Any) -> bool:
+    """A local file always loads; otherwise ``model.pretrained`` (default true) decides."""
+    return bool(cfg.get("weights")) or bool(cfg.get("pretrained", True))
+
+
+def hub_block(cfg: Any) -> dict[str, Any]:
+    """``model.hub``: ``repo``, ``files`` (candidates, first found wins), ``revision`` (pinned commit), ``gated``."""
+    hub = plain(cfg.get("hub")) or {}
+    files = hub.get("files") or []
+    if isinstance(files, str):
+        files = [files]
+    return {
+        "repo": hub.get("repo"),
+        "files": tuple(files),
+        "revision": hub.get("revision"),
+        "gated": bool(hub.get("gated", False)),
+    }
 
 
 def file_identity(path: str | Path) -> str:
@@ -50,45 +80,6 @@ def resolve_weights_file(weights: str | os.PathLike, candidates: tuple[str, ...]
     if not p.is_file():
         raise WeightsError(f"model.weights={p} does not exist")
     return p
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint, safely: safetensors, or a torch pickle with ``weights_only=True``.
-
-    Unwraps ``state_dict``/``model`` wrappers and a DDP ``module.`` prefix, as upstream loaders do.
-    """
-    p = Path(path)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(p), device="cpu")
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights file {p}: {exc}") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
-            sd = sd[wrapper]
-    if not isinstance(sd, Mapping):
-        raise WeightsError(f"{p} holds a {type(sd).__name__}, not a state dict")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
-
-
-def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict(strict=True)`` with a message that lists what did not match."""
-    result = module.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-
-        def head(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f" … (+{len(keys) - 8})" if len(keys) > 8 else "")
-
-        raise WeightsError(
-            f"{source} does not match the architecture: "
-            f"{len(result.missing_keys)} missing keys [{head(result.missing_keys)}], "
-            f"{len(result.unexpected_keys)} unexpected keys [{head(result.unexpected_keys)}]. "
-            "Check that the file is the model's official checkpoint."
-        )
 
 
 @contextlib.contextmanager
@@ -196,40 +187,97 @@ def hub_identity(path: Path, repo: str, revision: str | None) -> str:
     return f"hf-hub:{repo}/{path.name}@{commit}"
 
 
-def load_checkpoint(
-    cfg: Any,
-    *,
-    repo: str | None,
-    filenames: tuple[str, ...],
-    revision: str | None = None,
-    gated: bool = False,
-) -> tuple[dict[str, torch.Tensor], str]:
-    """The state dict a backbone loads, and its identity.
+def load_weights(
+    cfg: Any, build: Callable[[], nn.Module], key_map: KeyMap, *, local: Path | None = None
+) -> tuple[nn.Module, str]:
+    """The one loading path: the network ``build()`` makes, with the configured weights, and their identity.
 
-    ``model.weights`` (a file, or a folder holding one of ``filenames``) wins; otherwise the hub
-    (``repo`` at the pinned ``revision``, the first of ``filenames`` it has). A sharded safetensors
-    checkpoint (``*.index.json``) is read shard by shard.
+    Random weights (``model.pretrained=false``, no ``model.weights``) give ``(build(), "random")``. Otherwise
+    the state dict is read first (a hub or file problem shows before anything is built): ``local`` or
+    ``model.weights`` (a file, or a folder holding one of ``model.hub.files``), else the hub file at the pinned
+    revision; then ``key_map`` turns it into the network's keys and :func:`load_strict` loads it.
     """
-    if cfg.get("weights"):
-        path = resolve_weights_file(cfg.weights, filenames)
-        return read_checkpoint(path, lambda name: path.parent / name), file_identity(path)
+    if not wants_weights(cfg):
+        return build(), "random"
+    sd, source = read_weights(cfg, hub_block(cfg), local=local)
+    net = build()
+    load_strict(net, key_map(sd, net), source=f"{source} (model {cfg.name})")
+    return net, source
+
+
+def read_weights(cfg: Any, hub: Mapping[str, Any], *, local: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict of ``local``, ``model.weights`` or the hub (``hub_block``), and its identity.
+
+    A sharded safetensors checkpoint (``*.index.json``) is read shard by shard.
+    """
+    if local is None and cfg.get("weights"):
+        local = resolve_weights_file(cfg.weights, hub["files"])
+    if local is not None:
+        path = local
+        return _read_sharded(path, lambda name: path.parent / name), file_identity(path)
+    repo, revision, gated = hub["repo"], hub["revision"], hub["gated"]
     if not repo:
         raise WeightsError(f"model {cfg.name}: its weights are not on the hub; pass model.weights=/path/to/file")
-    path = hub_download(repo, filenames, model=cfg.name, revision=revision, gated=gated)
-    assert path is not None
 
-    def shard(name: str) -> Path:
-        found = hub_download(repo, name, model=cfg.name, revision=revision, gated=gated)
+    def fetch(names: str | tuple[str, ...]) -> Path:
+        found = hub_download(repo, names, model=cfg.name, revision=revision, gated=gated)
         assert found is not None
         return found
 
-    return read_checkpoint(path, shard), hub_identity(path, repo, revision)
+    path = fetch(hub["files"])
+    return _read_sharded(path, fetch), hub_identity(path, repo, revision)
 
 
-def read_checkpoint(path: Path, shard_path: Callable[[str], Path]) -> dict[str, torch.Tensor]:
-    """``read_state_dict``, or the union of the shards that a ``*.index.json`` names."""
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that lists what did not match (keys or shapes)."""
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # a shape that does not fit
+        raise WeightsError(f"{source} does not match the architecture: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+
+        def head(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" … (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        raise WeightsError(
+            f"{source} does not match the architecture: "
+            f"{len(result.missing_keys)} missing keys [{head(result.missing_keys)}], "
+            f"{len(result.unexpected_keys)} unexpected keys [{head(result.unexpected_keys)}]. "
+            "Check that the file is the model's official checkpoint."
+        )
+
+
+def create_timm_model(cfg: Any, arch: str, *, files: tuple[str, ...], **kwargs: Any) -> tuple[nn.Module, Path | None]:
+    """``timm.create_model(arch, num_classes=0, **kwargs)`` with timm's own strict pretrained loader.
+
+    ``model.weights`` (a file, or a folder holding one of ``files``) goes through the same loader as the hub
+    file (``pretrained_cfg_overlay``), so the model's checkpoint filter runs either way. Returns the model and
+    the local file, if one was loaded.
+    """
+    import timm
+
+    path = resolve_weights_file(cfg.weights, files) if cfg.get("weights") else None
+    repo = arch[len("hf-hub:") :] if arch.startswith("hf-hub:") else f"timm/{arch}"
+    try:
+        with hub_errors(repo, model=cfg.name):
+            model = timm.create_model(
+                arch,
+                pretrained=wants_weights(cfg),
+                num_classes=0,
+                pretrained_cfg_overlay={"file": str(path)} if path else None,
+                **kwargs,
+            )
+    except RuntimeError as exc:  # timm's strict load_state_dict
+        if isinstance(exc, WeightsError):
+            raise
+        raise WeightsError(f"{path or repo} does not fit {arch} (model {cfg.name}): {exc}") from exc
+    return model, path
+
+
+def _read_sharded(path: Path, shard_path: Callable[[str], Path]) -> dict[str, torch.Tensor]:
+    """:func:`_read_file`, or the union of the shards that a ``*.index.json`` names."""
     if not path.name.endswith(".index.json"):
-        return read_state_dict(path)
+        return _read_file(path)
     import json
 
     try:
@@ -238,15 +286,27 @@ def read_checkpoint(path: Path, shard_path: Callable[[str], Path]) -> dict[str, 
         raise WeightsError(f"cannot read the shard index {path}: {exc}") from exc
     out: dict[str, torch.Tensor] = {}
     for name in shards:
-        out.update(read_state_dict(shard_path(name)))
+        out.update(_read_file(shard_path(name)))
     return out
 
 
-def load_module_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """:func:`load_strict` that also turns shape mismatches (a ``RuntimeError`` of torch) into a ``WeightsError``."""
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint, safely: safetensors, or a torch pickle with ``weights_only=True``.
+
+    Unwraps ``state_dict``/``model`` wrappers and a DDP ``module.`` prefix, as upstream loaders do.
+    """
     try:
-        load_strict(module, state_dict, source=source)
-    except WeightsError:
-        raise
-    except RuntimeError as exc:
-        raise WeightsError(f"{source} does not match the architecture: {exc}") from exc
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = sd[wrapper]
+    if not isinstance(sd, Mapping):
+        raise WeightsError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}

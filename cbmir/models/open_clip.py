@@ -1,5 +1,8 @@
 """OpenCLIP image towers (family ``open_clip``): ``encode_image`` of any open_clip model.
 
+Two configs use it: ``conf/model/any_open_clip.yaml`` (any model, named by its arch and tag) and the study's
+``conf/model/openclip.yaml`` (ViT-g-14, laion2b_s34b_b88k).
+
 ``arch`` is an open_clip model name (``ViT-g-14``) with ``tag`` a pretrained tag (``laion2b_s34b_b88k``):
 the weights come from the tag's hub repository (open_clip's own table: ``open_clip_model.safetensors``,
 else ``open_clip_pytorch_model.bin``), or from ``model.weights``. A ``tag`` (or ``arch``) of the form
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,21 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbmir.errors import ConfigError, WeightsError
-from cbmir.models.common import plain, wants_weights
-from cbmir.models.registry import INTERPOLATIONS, Backbone, Preprocess, register
-from cbmir.models.weights import file_identity, hub_download, hub_identity, resolve_weights_file
+from cbmir.models.base import INTERPOLATIONS, Backbone, Preprocess
+from cbmir.models.common import check_folder_name, plain
+from cbmir.models.weights import file_identity, hub_download, hub_identity, resolve_weights_file, wants_weights
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._+=-]+$")
-
-
-def check_folder_name(cfg: Any) -> None:
-    """``model.name`` is the result folder: generic entries must keep it filesystem-safe."""
-    if not SAFE_NAME.match(str(cfg.name)):
-        raise ConfigError(
-            f"model.name={cfg.name!r} names the result folder and must use only letters, digits and ._+=-; "
-            "the model itself is chosen with model.arch (and model.tag)"
-        )
 
 
 class OpenClipImage(nn.Module):
@@ -94,6 +86,7 @@ def _quiet_open_clip():
 
 
 def _load_strict(model: nn.Module, path: Path, source: str) -> None:
+    """open_clip's own strict loader: it converts older and third-party layouts, which is not ours to copy."""
     import open_clip
 
     try:
@@ -104,6 +97,20 @@ def _load_strict(model: nn.Module, path: Path, source: str) -> None:
         raise WeightsError(f"{source} does not fit the model: {exc}") from exc
 
 
+def _checkpoint(cfg: Any, repo: str | None, revision: str | None, what: str) -> tuple[Path | None, str]:
+    """The file to load (``model.weights``, else the hub repository's) and its identity; ``None`` for random weights."""
+    if cfg.get("weights"):
+        path = resolve_weights_file(cfg.weights, OPEN_CLIP_FILES)
+        return path, file_identity(path)
+    if not wants_weights(cfg):
+        return None, "random"
+    if not repo:
+        raise WeightsError(f"{what} has no hub repository in open_clip's table; pass model.weights=/path/to/file")
+    path = hub_download(repo, OPEN_CLIP_FILES, model=cfg.name, revision=revision)
+    assert path is not None
+    return path, hub_identity(path, repo, revision)
+
+
 def _build_from_hub_config(cfg: Any, repo: str, revision: str | None) -> tuple[nn.Module, dict, str]:
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -111,14 +118,7 @@ def _build_from_hub_config(cfg: Any, repo: str, revision: str | None) -> tuple[n
     cfg_file = hub_download(repo, "open_clip_config.json", model=cfg.name, revision=revision)
     assert cfg_file is not None
     hub_cfg = json.loads(Path(cfg_file).read_text())
-    if cfg.get("weights"):
-        ckpt = resolve_weights_file(cfg.weights, OPEN_CLIP_FILES)
-        source = file_identity(ckpt)
-    elif wants_weights(cfg):
-        ckpt = hub_download(repo, OPEN_CLIP_FILES, model=cfg.name, revision=revision)
-        source = hub_identity(ckpt, repo, revision)
-    else:
-        ckpt, source = None, "random"
+    ckpt, source = _checkpoint(cfg, repo, revision, repo)
     model_cfg = dict(hub_cfg["model_cfg"])
     name = f"cbmir-{repo.replace('/', '--')}"
     open_clip.factory._MODEL_CONFIGS[name] = model_cfg  # register the hub config under a private name
@@ -131,7 +131,6 @@ def _build_from_hub_config(cfg: Any, repo: str, revision: str | None) -> tuple[n
     return model, pcfg, source
 
 
-@register("open_clip")
 def load_open_clip(cfg: Any) -> Backbone:
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -140,7 +139,7 @@ def load_open_clip(cfg: Any) -> Backbone:
     arch, tag = cfg.get("arch"), cfg.get("tag")
     if not arch and not (tag and str(tag).startswith("hf-hub:")):
         raise ConfigError(
-            "model=open_clip needs model.arch=<open_clip model> (and model.tag=<pretrained tag>)"
+            "model=any_open_clip needs model.arch=<open_clip model> (and model.tag=<pretrained tag>)"
             " or model.tag=hf-hub:<org/repo>"
         )
     arch = str(arch) if arch else None
@@ -157,20 +156,9 @@ def load_open_clip(cfg: Any) -> Backbone:
             raise ConfigError(
                 f"model.tag={tag!r} is not a pretrained tag of {arch}: {open_clip.list_pretrained_tags_by_model(arch)}"
             )
-        ckpt = None
-        if cfg.get("weights"):  # weights first: a hub or file problem shows before anything is built
-            ckpt = resolve_weights_file(cfg.weights, OPEN_CLIP_FILES)
-            source = file_identity(ckpt)
-        elif wants_weights(cfg):
-            repo = hub.get("repo") or (tag_cfg.get("hf_hub") or "").strip("/")
-            if not repo:
-                raise WeightsError(
-                    f"{arch}/{tag} has no hub repository in open_clip's table; pass model.weights=/path/to/file"
-                )
-            ckpt = hub_download(repo, OPEN_CLIP_FILES, model=cfg.name, revision=revision)
-            source = hub_identity(ckpt, repo, revision)
-        else:
-            source = "random"
+        # weights first: a hub or file problem shows before anything is built
+        repo = hub.get("repo") or (tag_cfg.get("hf_hub") or "").strip("/")
+        ckpt, source = _checkpoint(cfg, repo, revision, f"{arch}/{tag}")
         with _quiet_open_clip():
             model = open_clip.create_model(
                 arch,

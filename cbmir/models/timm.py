@@ -1,9 +1,11 @@
-"""Any timm model as a frozen encoder (family ``timm``): ``model.arch`` is a timm name (with its
-pretrained tag) or ``hf-hub:org/repo``. The embedding is timm's pooled feature vector (the forward of
-``num_classes=0``), the preprocessing the model's own pretrained config (``resolve_data_config``):
-``Resize(floor(size / crop_pct))`` with the config's interpolation, then ``CenterCrop(size)`` (``squash``:
-square resize first), mean/std. Hub weights go through timm itself (strict, with its checkpoint
-filter); ``model.weights`` loads a local file through the same path.
+"""Any timm model as a frozen encoder (family ``timm``, ``conf/model/any_timm.yaml``).
+
+``model.arch`` is a timm name (with its pretrained tag) or ``hf-hub:org/repo``. The embedding is timm's
+pooled feature vector (the forward of ``num_classes=0``), the preprocessing the model's own pretrained
+config (``resolve_data_config``): ``Resize(floor(size / crop_pct))`` with the config's interpolation, then
+``CenterCrop(size)`` (``squash``: square resize first), mean/std. Hub weights go through timm itself (strict,
+with its checkpoint filter: :func:`cbmir.models.weights.create_timm_model`); ``model.weights`` loads a local
+file through the same path.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cbmir.errors import ConfigError, WeightsError
-from cbmir.models.common import plain, wants_weights, with_crop
-from cbmir.models.openclip import check_folder_name
-from cbmir.models.registry import INTERPOLATIONS, Backbone, Preprocess, register
-from cbmir.models.weights import file_identity, hub_errors, resolve_weights_file
+from cbmir.errors import ConfigError
+from cbmir.models.base import INTERPOLATIONS, Backbone, Preprocess
+from cbmir.models.common import check_folder_name, plain, with_crop
+from cbmir.models.weights import create_timm_model, file_identity, wants_weights
 
 
 def preprocess_from_timm(data_cfg: dict[str, Any]) -> tuple[Preprocess, int | None]:
@@ -40,38 +41,22 @@ def preprocess_from_timm(data_cfg: dict[str, Any]) -> tuple[Preprocess, int | No
     return spec, (int(size) if scale != size else None)
 
 
-@register("timm")
 def load_timm(cfg: Any) -> Backbone:
-    import timm
     from timm.data import resolve_data_config
 
     check_folder_name(cfg)
     if not cfg.get("arch"):
-        raise ConfigError("model=timm needs model.arch=<timm model name or hf-hub:org/repo>")
+        raise ConfigError("model=any_timm needs model.arch=<timm model name or hf-hub:org/repo>")
     arch = str(cfg.arch)
     kwargs = dict(plain(cfg.get("kwargs")) or {})
-    overlay: dict[str, Any] = {}
-    if cfg.get("weights"):
-        path = resolve_weights_file(
-            cfg.weights, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-        )
-        overlay = {"file": str(path)}
+    files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    model, path = create_timm_model(cfg, arch, files=files, **kwargs)
+    if path is not None:
         source = file_identity(path)
     elif wants_weights(cfg):
         source = arch if arch.startswith("hf-hub:") else f"timm:{arch}"
     else:
         source = "random"
-    pretrained = source != "random"
-    repo = arch[len("hf-hub:") :] if arch.startswith("hf-hub:") else f"timm/{arch}"
-    try:
-        with hub_errors(repo, model=cfg.name):
-            model = timm.create_model(
-                arch, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay or None, **kwargs
-            )
-    except RuntimeError as exc:  # timm's strict load_state_dict
-        if isinstance(exc, WeightsError):
-            raise
-        raise WeightsError(f"the weights of {arch} do not fit: {exc}") from exc
     spec, crop = preprocess_from_timm(resolve_data_config({}, model=model))
     dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     return Backbone(

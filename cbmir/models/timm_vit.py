@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from cbmir.errors import ConfigError, WeightsError
-from cbmir.models.common import hub_block, plain, preprocess_from_cfg, wants_weights, with_crop
-from cbmir.models.registry import Backbone, Preprocess, register
-from cbmir.models.weights import load_checkpoint, load_module_strict
+from cbmir.models.base import Backbone, Preprocess
+from cbmir.models.common import plain, preprocess_from_cfg, with_crop
+from cbmir.models.weights import hub_block, hub_download, load_weights
 
 POOLS = ("model", "cls_mean")
 KEY_MAPS = ("timm", "hf_dinov2", "hf_siglip")
@@ -238,8 +238,6 @@ def read_hf_processor(cfg: Any, hub: Mapping[str, Any]) -> dict[str, Any] | None
         return json.loads(found.read_text()) if found.is_file() else None
     if not hub.get("repo"):
         return None
-    from cbmir.models.weights import hub_download
-
     path = hub_download(
         hub["repo"],
         "preprocessor_config.json",
@@ -267,7 +265,6 @@ def convert_state_dict(key_map: str, sd: Mapping[str, torch.Tensor], model: nn.M
         raise WeightsError(f"the checkpoint does not fit {type(model).__name__}: {exc}") from exc
 
 
-@register("timm_vit")
 def load_timm_vit(cfg: Any) -> Backbone:
     import timm
 
@@ -285,25 +282,16 @@ def load_timm_vit(cfg: Any) -> Backbone:
         "pool": pool,
         "key_map": key_map,
     }
-    sd = None
-    if wants_weights(cfg):  # weights first: a hub or file problem shows before anything is built
-        hub = hub_block(cfg)
-        sd, source = load_checkpoint(
-            cfg, repo=hub["repo"], filenames=hub["files"], revision=hub["revision"], gated=hub["gated"]
-        )
-        identity["weights"] = source
-        if cfg.get("hf_processor", False):
-            proc = read_hf_processor(cfg, hub)
-            if proc is not None:
-                spec, crop = preprocess_from_hf(proc)
-                identity["preprocess_from"] = "preprocessor_config.json"
-    else:
-        identity["weights"] = "random"
-    model = timm.create_model(str(cfg.arch), pretrained=False, num_classes=0, **timm_kwargs(cfg.get("kwargs")))
-    if sd is not None:
-        load_module_strict(
-            model, convert_state_dict(key_map, sd, model), source=f"{identity['weights']} (model {cfg.name})"
-        )
+    model, identity["weights"] = load_weights(
+        cfg,
+        lambda: timm.create_model(str(cfg.arch), pretrained=False, num_classes=0, **timm_kwargs(cfg.get("kwargs"))),
+        lambda sd, net: convert_state_dict(key_map, sd, net),
+    )
+    if identity["weights"] != "random" and cfg.get("hf_processor", False):
+        proc = read_hf_processor(cfg, hub_block(cfg))
+        if proc is not None:
+            spec, crop = preprocess_from_hf(proc)
+            identity["preprocess_from"] = "preprocessor_config.json"
     net = ClsMeanPool(model) if pool == "cls_mean" else model
     dim = 2 * int(model.embed_dim) if pool == "cls_mean" else int(model.num_features)
     return Backbone(net=with_crop(net, crop), preprocess=spec, dim=dim, unit_norm=False, identity=identity)

@@ -1,0 +1,126 @@
+"""Every YAML file under conf/ composes into something that runs (found by glob, not by a hand list).
+
+Models build with random weights on the meta device (a ViT-g costs no memory or time there) and give their
+declared width; datasets pass the cell's validation; experiments sweep only configs that exist; the other
+groups compose with every value set. Bases (files starting with ``_``) are checked through the files that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF_DIR, compose_config
+from omegaconf import DictConfig, OmegaConf
+
+from cbmir.layout import GENERIC_FAMILIES, SIZES_2D, config_names, model_id
+
+FILES = sorted(p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml"))
+
+#: The generic entries need a model to stand for: tiny ones, with the width they give.
+GENERIC_STAND_INS = {
+    "timm": ["model.arch=test_resnet.r160_in1k", "model.dim=96"],
+    "open_clip": ["model.arch=ViT-S-32", "model.dim=384"],
+}
+
+
+def check_model(name: str, cfg: DictConfig) -> None:
+    from cbmir.models import build_backbone, families
+
+    assert cfg.model.family in families()
+    if cfg.model.family in GENERIC_FAMILIES and not cfg.model.get("arch"):
+        cfg = compose_config([f"model={name}", *GENERIC_STAND_INS[cfg.model.family]])
+        assert model_id(cfg).startswith(f"{cfg.model.family}-")  # named by its arch, not by the config file
+    else:
+        assert cfg.model.name == name, "model.name is the result folder: it must equal the file name"
+    cfg.model.pretrained = False
+    with torch.device("meta"):
+        backbone = build_backbone(cfg.model)  # raises if the network's width differs from model.dim
+        side = backbone.preprocess.input_size or 32
+        out = backbone.net(torch.zeros(2, 3, side, side))  # the extractor always feeds 3 channels
+    assert backbone.dim == cfg.model.dim and tuple(out.shape) == (2, cfg.model.dim)
+    assert backbone.identity["weights"] == "random"
+
+
+def check_dataset(name: str, cfg: DictConfig) -> None:
+    from cbmir.cell import validate
+
+    assert cfg.dataset.name == name == cfg.dataset.flag
+    for size in cfg.dataset.sizes:
+        cfg.size = size
+        validate(cfg)
+
+
+def check_experiment(name: str, cfg: DictConfig) -> None:
+    params = cfg.hydra.sweeper.params
+    assert params, f"experiment {name} sweeps nothing"
+    known = {"model": config_names("model", CONF_DIR), "dataset": config_names("dataset", CONF_DIR)}
+    for key, value in params.items():
+        values = [v.strip() for v in str(value).split(",")]
+        if key in known:
+            assert set(values) <= set(known[key]), f"{name} sweeps unknown {key}s {set(values) - set(known[key])}"
+        elif key == "size":
+            assert {int(v) for v in values} <= set(SIZES_2D)
+
+
+def check_trainer(name: str, cfg: DictConfig) -> None:
+    assert set(cfg.trainer) == {"accelerator", "devices", "strategy", "num_nodes"}
+    assert cfg.trainer.accelerator in ("auto", "cpu", "gpu") and cfg.trainer.devices >= 1
+
+
+def check_protocol(name: str, cfg: DictConfig) -> None:
+    from cbmir.metrics import TIE_RULES
+    from cbmir.search import METRICS
+
+    assert cfg.protocol.name == name
+    assert cfg.protocol.metric in METRICS and cfg.protocol.vote_ties in TIE_RULES
+
+
+def check_logger(name: str, cfg: DictConfig) -> None:
+    assert set(cfg.logger) <= {"csv", "wandb"}
+
+
+def check_paths(name: str, cfg: DictConfig) -> None:
+    assert cfg.paths.output_dir and cfg.paths.data_dir
+
+
+#: One check per config group; a new group fails until it has one.
+CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
+    "model": check_model,
+    "dataset": check_dataset,
+    "experiment": check_experiment,
+    "trainer": check_trainer,
+    "protocol": check_protocol,
+    "logger": check_logger,
+    "paths": check_paths,
+}
+
+
+def defaults_of(path: Path) -> list[str]:
+    return [str(d) for d in OmegaConf.load(path).get("defaults", []) if isinstance(d, str)]
+
+
+@pytest.mark.parametrize("file", FILES)
+def test_every_config_file_composes(file: str):
+    group, name = Path(file).parent.as_posix(), Path(file).stem
+    if group == ".":
+        assert file == "config.yaml", f"conf/{file}: only config.yaml belongs at the top"
+        cfg = compose_config([])
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return
+    if name.startswith("_"):  # a base: composed through the files that use it
+        users = [n for n in config_names(group, CONF_DIR) if name in defaults_of(CONF_DIR / group / f"{n}.yaml")]
+        assert users, f"conf/{file} is a base that no {group} config uses"
+        return
+    assert group in CHECKS, f"conf/{group}/ has no check in tests/test_config.py"
+    cfg = compose_config([f"{group}={name}"], hydra=group == "experiment")
+    job = {k: v for k, v in cfg.items() if k != "hydra"}
+    OmegaConf.to_container(OmegaConf.create(job), resolve=True, throw_on_missing=True)  # no ??? left unset
+    CHECKS[group](name, cfg)
+
+
+@pytest.mark.parametrize("old,new", [("timm", "any_timm"), ("open_clip", "any_open_clip")])
+def test_old_generic_names_are_aliases(old: str, new: str):
+    assert compose_config([f"model={old}"]) == compose_config([f"model={new}"])
