@@ -32,7 +32,8 @@ def test_quick_run_writes_every_figure_with_its_spread(tmp_path, capsys):
     for key in FIGURES:
         lo, hi = result[f"{key}_spread"]
         assert positive(result[key]) and 0 < lo <= hi, (key, result[key], lo, hi)
-        assert lo <= result[key] <= hi or key == "cache_speedup"  # a ratio of medians may leave the per-pair range
+        # with 2 repeats a ratio of medians is the mediant of the per-repeat ratios: inside their range
+        assert lo <= result[key] <= hi, (key, result[key], lo, hi)
     assert math.isnan(result["peak_rss_gb"]) and result["targets"]["pipeline_efficiency"]["spread"]
     assert result["device"] == "cpu" and result["precision"] == "32-true" and result["weights"] == "random"
     assert result["profile"] == "quick" and result["quick"] and result["repeats"] == 2
