@@ -47,8 +47,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
-    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
-        raise ConfigError(f"num_workers must be a non-negative integer, got {cfg.num_workers!r}")
+    if cfg.num_workers != "auto" and (not isinstance(cfg.num_workers, int) or cfg.num_workers < 0):
+        raise ConfigError(f"num_workers must be auto or a non-negative integer, got {cfg.num_workers!r}")
     from cbmir.models import families
 
     if cfg.model.get("family") not in families():
@@ -111,21 +111,31 @@ def make_loader(split, cfg: DictConfig) -> DataLoader:
         ImageArrayDataset(split),
         batch_size=cfg.batch_size,
         shuffle=False,
-        num_workers=cfg.num_workers,
+        num_workers=resolve_num_workers(cfg),
         collate_fn=collate_batched,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
 
 
+def resolve_num_workers(cfg: DictConfig) -> int:
+    """``auto``: no worker processes on CPU (the split is memory-mapped and preprocessing runs in the module, so
+    workers would only take cores from the model), ``min(8, CPUs)`` where a GPU runs the cell."""
+    if cfg.num_workers != "auto":
+        return int(cfg.num_workers)
+    return min(8, os.cpu_count() or 1) if runs_on_gpu(cfg) else 0
+
+
+def runs_on_gpu(cfg: DictConfig) -> bool:
+    accelerator = cfg.trainer.accelerator
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(cfg: DictConfig) -> str:
     """``auto``: bf16 autocast where a GPU runs the cell, full fp32 on CPU."""
     if cfg.precision != "auto":
         return str(cfg.precision)
-    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (
-        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
-    )
-    return "bf16-mixed" if on_gpu else "32-true"
+    return "bf16-mixed" if runs_on_gpu(cfg) else "32-true"
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, out_dir: Path) -> L.Trainer:
