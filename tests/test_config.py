@@ -86,6 +86,13 @@ def check_paths(name: str, cfg: DictConfig) -> None:
     assert cfg.paths.output_dir and cfg.paths.data_dir
 
 
+def check_stats(name: str, cfg: DictConfig) -> None:
+    from cbmir.stats import StatsSettings
+
+    settings = StatsSettings.from_config(cfg.stats)  # raises ConfigError on a bad value
+    assert 0 < settings.level < 1 and settings.resamples >= 1000
+
+
 #: One check per config group; a new group fails until it has one.
 CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
     "model": check_model,
@@ -95,6 +102,7 @@ CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
     "protocol": check_protocol,
     "logger": check_logger,
     "paths": check_paths,
+    "stats": check_stats,
 }
 
 
