@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cbmir import __version__
 from cbmir.metrics import relevance, retrieval_metrics
-from cbmir.search import search
+from cbmir.search import search, search_excluding_group
 from cbmir.store import atomic_save_npy, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ class CellResult:
     images: dict[str, np.ndarray] | None = None
     class_names: dict[str, str] | None = None
     search_backend: str = "auto"
+    #: group (patient) of each item by role; with ``exclude_same_group`` a query's own group is never its neighbour
+    groups: dict[str, np.ndarray] | None = None
+    exclude_same_group: bool = False
+    #: source file of each item by role (own data), shown under the gallery's tiles
+    names: dict[str, Sequence[str]] | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -72,7 +78,12 @@ class RetrievalEvaluator(Callback):
             "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
         )
         t0 = time.perf_counter()
-        distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
+        if c.exclude_same_group:
+            distances, neighbors = search_excluding_group(
+                database, queries, c.k, c.metric, c.groups["database"], c.groups["query"], backend=c.search_backend
+            )
+        else:
+            distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
         search_seconds = time.perf_counter() - t0
         metrics = retrieval_metrics(
             c.labels["query"], c.labels["database"], neighbors, k=c.k, ties=c.ties, standard=c.standard_metrics
@@ -128,4 +139,5 @@ class RetrievalEvaluator(Callback):
             rel,
             class_names=c.class_names,
             title=title,
+            names=c.names,
         )

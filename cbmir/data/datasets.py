@@ -1,0 +1,116 @@
+"""Memory-mapped splits and the dataset that feeds extraction.
+
+Items are ``(index, uint8 image, label)``: all pixel work happens batched on the device,
+never per item. MedMNIST files and ingested own data share this one layout:
+``<split>_images.npy`` (uint8, memory-mapped) and ``<split>_labels.npy`` in one folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cbmir.errors import DataError
+
+SPLITS = ("train", "val", "test")
+#: The study's roles: the training split is the searchable database, the test split the queries.
+ROLE_SPLIT = {"database": "train", "query": "test"}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the items of an ingested split came from (own data; MedMNIST splits have none)."""
+
+    content_key: str  # changes with any file's bytes, label, group, split or decoding setting
+    metadata: Path  # the split's table: one row per item, in item order (source path, label, group, hash, ...)
+    sources: tuple[str, ...]  # source file of each item, as listed (relative to the root where it was)
+    groups: np.ndarray  # group (patient/study) of each item, str
+    class_names: dict[str, str]  # "0" -> "benign", as MedMNIST's INFO["label"]
+    root: str = ""  # the folder the sources are relative to
+    skipped: tuple[dict, ...] = field(default_factory=tuple)  # {"path", "reason"} of every file left out
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: memory-mapped images and in-memory labels."""
+
+    flag: str
+    size: int
+    split: str
+    images: np.ndarray  # uint8, (N, H, W) | (N, H, W, 3) | (N, D, H, W)
+    labels: np.ndarray  # int64, (N, 1) or (N, L) multi-label
+    provenance: Provenance | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.shape[1] > 1
+
+
+def load_split(folder: Path, flag: str, size: int, split: str) -> Split:
+    try:
+        images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
+        labels = np.asarray(np.load(folder / f"{split}_labels.npy"), dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder} holds an unreadable {split} split ({exc}); delete the folder to rebuild it") from exc
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if images.dtype != np.uint8 or len(images) != len(labels):
+        raise DataError(
+            f"{folder}: {split} images must be uint8 with one label row each, "
+            f"got {images.dtype} {images.shape} and labels {labels.shape}"
+        )
+    return Split(flag, size, split, images, labels)
+
+
+class ImageArrayDataset(Dataset):
+    """``(index, uint8 image, label)`` items over a memory-mapped split.
+
+    ``__getitems__`` fetches a whole batch with one sorted slice of the memory map,
+    so the data loader does no per-image work at all.
+    """
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __getstate__(self) -> dict:
+        # Worker processes started by spawn/forkserver re-open the memory map instead of
+        # receiving a pickled copy of every pixel.
+        sp, images = self.split, self.split.images
+        if isinstance(images, np.memmap) and images.filename:
+            images = ("memmap", images.filename, images.offset, images.dtype.str, images.shape)
+        return {"fields": (sp.flag, sp.size, sp.split, sp.labels), "images": images}
+
+    def __setstate__(self, state: dict) -> None:
+        images = state["images"]
+        if isinstance(images, tuple) and images[0] == "memmap":
+            _, filename, offset, dtype, shape = images
+            images = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+        flag, size, split, labels = state["fields"]
+        self.split = Split(flag, size, split, images, labels)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return i, torch.from_numpy(np.array(self.split.images[i])), torch.from_numpy(self.split.labels[i])
+
+    def __getitems__(self, indices: list[int]):
+        idx = np.asarray(indices, dtype=np.int64)
+        images = self.split.images[idx] if len(idx) else self.split.images[:0]
+        return (
+            torch.from_numpy(idx),
+            torch.from_numpy(np.ascontiguousarray(images)),
+            torch.from_numpy(self.split.labels[idx]),
+        )
+
+
+def collate_batched(batch):
+    """Identity collate: ``__getitems__`` already returns a stacked batch."""
+    return batch
