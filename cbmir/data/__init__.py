@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cbmir.data.datasets import ROLE_SPLIT, SPLITS, ImageArrayDataset, Provenance, Split, collate_batched, load_split
+from cbmir.data.datasets import ROLE_SPLIT, SPLITS, Provenance, Split, load_split
 from cbmir.data.medmnist import (
     ensure_file,
     file_name,
@@ -26,6 +26,8 @@ from cbmir.data.volumes import resize_volumes, resized_volumes
 from cbmir.errors import ConfigError
 
 KINDS = ("medmnist", *OWN_KINDS)
+#: Names that need torch, imported on first use, so that decoding workers and torch-free tools stay light.
+_LOADER_NAMES = ("ImageArrayDataset", "collate_batched")
 
 __all__ = [
     "KINDS",
@@ -49,6 +51,14 @@ __all__ = [
     "source_of",
     "split_arrays",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LOADER_NAMES:
+        from cbmir.data import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dataset_kind(cfg_dataset) -> str:

@@ -162,7 +162,7 @@ def read_dicom(data: bytes, window: tuple[float, float] | None = None) -> Decode
         raise BadFile(f"not a readable DICOM file ({exc})") from None
     if "PixelData" not in ds:
         raise BadFile("a DICOM file without pixel data (a report, structured report or presentation state?)")
-    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # no plugin for the transfer syntax, truncated or corrupt pixel data

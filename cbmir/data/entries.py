@@ -56,7 +56,7 @@ def class_order(labels: set[str]) -> list[str]:
 
 
 def check_split_names(entries: list[Entry], where: str) -> None:
-    """Given splits must be train / test (val optional), with both train and test present."""
+    """Given splits are named train / test / val, and given for every item or for none."""
     given = {e.split for e in entries}
     if None in given and len(given) > 1:
         raise DataError(f"{where}: some items have a split and some do not; give every item one, or none")
@@ -65,9 +65,6 @@ def check_split_names(entries: list[Entry], where: str) -> None:
     unknown = given - set(SPLITS)
     if unknown:
         raise DataError(f"{where}: unknown split names {sorted(unknown)}; use {list(SPLITS)}")
-    missing = {"train", "test"} - given
-    if missing:
-        raise DataError(f"{where}: no item in the {sorted(missing)} split (train = database, test = queries)")
 
 
 def inside(root: Path, path: Path) -> bool:

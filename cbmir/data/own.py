@@ -191,11 +191,12 @@ def _labels(entries: list[Entry], classes: list[str], multilabel: bool) -> np.nd
     return out
 
 
-def _bad_message(own: OwnData, bad: dict[str, str], listing_file: Path) -> str:
+def _bad_message(own: OwnData, bad: dict[str, str], listing_file: Path | None) -> str:
     shown = "\n".join(f"  {path}: {reason}" for path, reason in list(bad.items())[:SHOWN_BAD])
     more = f"\n  … and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+    where = f" (all listed in {listing_file})" if listing_file else ""
     return (
-        f"{len(bad)} bad file(s) in {own.source} (all listed in {listing_file}):\n{shown}{more}\n"
+        f"{len(bad)} bad file(s) in {own.source}{where}:\n{shown}{more}\n"
         "Fix or remove them, or set dataset.on_bad_file=skip to leave them out (they are then recorded in the "
         "result and in skipped.csv)."
     )
@@ -213,6 +214,10 @@ def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
     bad.update(labels_missing_from_database(entries))
     stats = _stats([e for e in entries if e.source not in bad], bad)
     entries = [e for e in entries if e.source not in bad]
+    for role, split in ROLE_SPLIT.items():
+        if not any(e.split == split for e in entries):
+            problems = f"\n{_bad_message(own, bad, None)}" if bad else ""
+            raise DataError(f"{own.name}: no usable item in the {split} split (the {role}s){problems}")
     if shared := groups_on_both_sides(entries):
         log.warning("%d group(s) are in the given database and query splits: %s", len(shared), shared[:5])
     listed = sorted(bad.items())

@@ -1,4 +1,4 @@
-"""The study's 3D resampling: every volume to ``side``³ once, cached beside the split it came from."""
+"""The study's 3D resampling: every volume to ``side``³ once, cached beside its split (torch imported on use)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def resize_volumes(volumes: np.ndarray, side: int) -> np.ndarray:
@@ -17,6 +16,7 @@ def resize_volumes(volumes: np.ndarray, side: int) -> np.ndarray:
     clipping, so spline overshoot wrapped around (256.3 → 0, -1.5 → 255); cbmir clips
     first. Values are then truncated, like the study's ``astype(uint8)``.
     """
+    import torch
     import torch.nn.functional as F
     from scipy.ndimage import zoom
 
