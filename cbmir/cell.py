@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from cbmir.callbacks import CellResult, RetrievalEvaluator
-from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_split
+from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_splits
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.loggers import close_loggers, make_loggers
@@ -177,10 +177,8 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     t_start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     side, volume = volume_side(cfg), volume_spec(cfg)
-    splits = {
-        role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, split, volume_side=side)
-        for role, split in ROLE_SPLIT.items()
-    }
+    opened = open_splits(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT.values(), volume_side=side)
+    splits = {role: opened[split] for role, split in ROLE_SPLIT.items()}
     if cfg.k > len(splits["database"]):
         raise ConfigError(
             f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px"

@@ -253,3 +253,12 @@ def test_state_records_settings(tmp_path):
     train = open_split(folder_cfg(write_tree(tmp_path / "tree"), fit="crop"), 28, tmp_path / "data", "train")
     state = json.loads((ingested_folder(train) / "state.json").read_text())
     assert state["settings"]["fit"] == "crop" and state["counts"]["train"] == len(train)
+
+
+def test_a_link_leaving_the_root_is_a_bad_file(tmp_path):
+    root = write_tree(tmp_path / "tree", patients=2)
+    outside = tmp_path / "secret.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(outside)
+    (root / "benign" / "be0" / "link.png").symlink_to(outside)
+    with pytest.raises(DataError, match=r"benign/be0/link.png: a link that leaves the root"):
+        open_split(folder_cfg(root), 28, tmp_path / "data", "train")

@@ -8,6 +8,7 @@ what is known before any file is opened (sizes, database size, class names).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cbmir.data.medmnist import (
     source_of,
     split_arrays,
 )
-from cbmir.data.own import OWN_KINDS, open_own_split, own_config
+from cbmir.data.own import OWN_KINDS, open_own_splits, own_config
 from cbmir.data.volumes import resize_volumes, resized_volumes
 from cbmir.errors import ConfigError
 
@@ -46,6 +47,7 @@ __all__ = [
     "md5sum",
     "medmnist_info",
     "open_split",
+    "open_splits",
     "resize_volumes",
     "resized_volumes",
     "source_of",
@@ -90,11 +92,18 @@ def dataset_facts(cfg_dataset) -> DatasetFacts:
     return DatasetFacts(kind, sizes, None, None)
 
 
-def open_split(cfg_dataset, size: int, data_dir: str | Path, split: str, *, volume_side: int | None = None) -> Split:
-    """Map one split of the configured dataset (downloading or ingesting it once first).
+def open_splits(
+    cfg_dataset, size: int, data_dir: str | Path, splits: Iterable[str], *, volume_side: int | None = None
+) -> dict[str, Split]:
+    """Map the requested splits of the configured dataset (downloading or ingesting it once first).
 
     ``volume_side`` (3D only) resamples every volume to ``volume_side``³ once and caches that too.
     """
     if dataset_kind(cfg_dataset) == "medmnist":
-        return open_medmnist_split(cfg_dataset, size, data_dir, split, volume_side=volume_side)
-    return open_own_split(cfg_dataset, size, data_dir, split, volume_side=volume_side)
+        return {s: open_medmnist_split(cfg_dataset, size, data_dir, s, volume_side=volume_side) for s in splits}
+    return open_own_splits(cfg_dataset, size, data_dir, splits, volume_side=volume_side)
+
+
+def open_split(cfg_dataset, size: int, data_dir: str | Path, split: str, *, volume_side: int | None = None) -> Split:
+    """One split of the configured dataset (see :func:`open_splits`)."""
+    return open_splits(cfg_dataset, size, data_dir, [split], volume_side=volume_side)[split]

@@ -67,10 +67,12 @@ def check_split_names(entries: list[Entry], where: str) -> None:
         raise DataError(f"{where}: unknown split names {sorted(unknown)}; use {list(SPLITS)}")
 
 
-def inside(root: Path, path: Path) -> bool:
+def inside(root: Path | str, path: Path | str) -> bool:
     """Whether ``path`` (resolved, symlinks followed) lies under ``root``."""
-    try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
-    except ValueError:
-        return False
-    return True
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def lexically_inside(root: str, path: str) -> bool:
+    """Whether ``path`` (joined to ``root`` and normalised, ``..`` resolved without touching the disk) stays in it."""
+    return os.path.normpath(os.path.join(root, path)).startswith(root.rstrip(os.sep) + os.sep)

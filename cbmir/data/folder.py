@@ -22,13 +22,28 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files(folder: Path) -> list[Path]:
-    """Every visible file under ``folder``, in sorted walk order."""
-    out = []
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [Path(top) / f for f in sorted(files) if not f.startswith(".")]
-    return out
+def _scan(folder: str, root: str, escaping: list[str]) -> list[str]:
+    """Every visible file under ``folder`` in sorted walk order (links followed; one leaving ``root`` is set aside).
+
+    ``os.scandir`` and plain strings: listing 100,000 files takes a second, not a minute of ``pathlib``.
+    """
+    with os.scandir(folder) as found:
+        items = sorted(found, key=lambda e: e.name)
+    files = []
+    for item in items:
+        if item.name.startswith("."):
+            continue
+        if item.is_symlink() and not inside(root, item.path):
+            escaping.append(item.path)
+        elif item.is_dir():
+            files += _scan(item.path, root, escaping)
+        else:
+            files.append(item.path)
+    return files
+
+
+def _relative(path: str, start: int) -> str:
+    return path[start:].replace(os.sep, "/")
 
 
 def list_folder(root: str | Path) -> Listing:
@@ -50,22 +65,27 @@ def list_folder(root: str | Path) -> Listing:
     for stray in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
         bad[str(stray.relative_to(root))] = "a file outside any class folder"
     entries: list[Entry] = []
+    start = len(str(root)) + 1
     for split_dir in top if split_dirs else [root]:
         split = split_dir.name if split_dirs else None
         for class_dir in _visible_dirs(split_dir):
-            files = _files(class_dir)
+            if class_dir.is_symlink() and not inside(root, class_dir):
+                bad[class_dir.relative_to(root).as_posix() + "/"] = f"a link that leaves the root {root}"
+                continue
+            prefix = len(str(class_dir)) + 1
+            escaping: list[str] = []
             found = 0
-            for path in files:
-                source = path.relative_to(root).as_posix()
-                if not inside(root, path):
-                    bad[source] = f"a link that leaves the root {root}"
-                elif file_format(path) is None:
+            for path in _scan(str(class_dir), str(root), escaping):
+                source = _relative(path, start)
+                if file_format(path) is None:
                     bad[source] = "not a supported image (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)"
-                else:
-                    below = path.relative_to(class_dir).parts
-                    group = below[0] if len(below) > 1 else None
-                    entries.append(Entry(path, source, (class_dir.name,), split, group))
-                    found += 1
+                    continue
+                below = path[prefix:].split(os.sep)
+                group = below[0] if len(below) > 1 else None
+                entries.append(Entry(Path(path), source, (class_dir.name,), split, group))
+                found += 1
+            for path in escaping:
+                bad[_relative(path, start)] = f"a link that leaves the root {root}"
             if not found:
                 bad[class_dir.relative_to(root).as_posix() + "/"] = "an empty class folder (no supported image)"
         if split:

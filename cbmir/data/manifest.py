@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from cbmir.data.entries import LABEL_SEPARATOR, Entry, Listing, check_split_names, inside, parse_labels
+from cbmir.data.entries import LABEL_SEPARATOR, Entry, Listing, check_split_names, lexically_inside, parse_labels
 from cbmir.errors import ConfigError
 
 REQUIRED = ("path", "label")
@@ -66,7 +66,7 @@ def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
             file = Path(source)
         else:
             file = root / source
-            if not inside(root, file):
+            if not lexically_inside(str(root), source):
                 bad[where] = f"a path that leaves the manifest's folder {root}"
                 continue
         labels = parse_labels(str(record["label"]), multilabel)
@@ -81,6 +81,6 @@ def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
             split = str(record.get("split", "")).strip().lower() or None
             group = str(record.get("group", "")).strip() or None
             extra = {c: str(record[c]) for c in extra_columns}
-            entries.append(Entry(file.resolve(), source, labels, split, group, extra))
+            entries.append(Entry(file, source, labels, split, group, extra))
     check_split_names(entries, str(path))
     return Listing(entries, bad, root, multilabel=multilabel, extra_columns=extra_columns)

@@ -9,11 +9,13 @@ removed file, a changed label, group or split) ingests again. Never a stale cach
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ OWN_KINDS = ("folder", "manifest")
 BAD_FILE_RULES = ("error", "skip")
 #: Bumped when decoding changes, so every earlier ingestion is redone.
 INGEST_VERSION = "own-v1"
+ROLE_TEXT = {"database": "the database", "query": "the queries"}
 #: Bad files named in an error message (all of them are in ``bad_files.csv``).
 SHOWN_BAD = 40
 
@@ -217,7 +220,7 @@ def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
     for role, split in ROLE_SPLIT.items():
         if not any(e.split == split for e in entries):
             problems = f"\n{_bad_message(own, bad, None)}" if bad else ""
-            raise DataError(f"{own.name}: no usable item in the {split} split (the {role}s){problems}")
+            raise DataError(f"{own.name}: no usable item in the {split} split ({ROLE_TEXT[role]}){problems}")
     if shared := groups_on_both_sides(entries):
         log.warning("%d group(s) are in the given database and query splits: %s", len(shared), shared[:5])
     listed = sorted(bad.items())
@@ -255,7 +258,7 @@ def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
         good = {s: [e for e, r in zip(es, records[s]) if not r["error"]] for s, es in by_split.items()}
         for role, split in ROLE_SPLIT.items():
             if not good.get(split):
-                raise DataError(f"{own.name}: no usable item in the {split} split (the {role}s)")
+                raise DataError(f"{own.name}: no usable item in the {split} split ({ROLE_TEXT[role]})")
         classes = class_order({c for e in entries for c in e.labels})
         multilabel = listing.multilabel
         digests = {e.source: r["blake2b"] for s in by_split for e, r in zip(by_split[s], records[s])}
@@ -284,34 +287,35 @@ def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
         return folder, state
 
 
-def _read_column(path: Path, names: tuple[str, ...]) -> list[tuple[str, ...]]:
-    import csv
-
+def _read_columns(path: Path, names: tuple[str, ...]) -> list[tuple[str, ...]]:
     with open(path, newline="") as fh:
         return [tuple(row[n] for n in names) for row in csv.DictReader(fh)]
 
 
-def open_own_split(
-    cfg_dataset, size: int, data_dir: str | Path, split: str, *, volume_side: int | None = None
-) -> Split:
-    """Ingest once (or reuse), then map ``split`` with its provenance (source files, groups, class names)."""
+def open_own_splits(
+    cfg_dataset, size: int, data_dir: str | Path, splits: Iterable[str], *, volume_side: int | None = None
+) -> dict[str, Split]:
+    """Ingest once (or find it current), then map each split with its provenance (source files, groups, classes)."""
     own = own_config(cfg_dataset)
     folder, state = prepare(own, size, data_dir)
-    if split not in state["counts"]:
-        raise DataError(f"{own.name} has no {split} split (it has {sorted(state['counts'])})")
-    loaded = load_split(folder, own.name, size, split)
-    metadata = folder / f"{split}_metadata.csv"
-    rows = _read_column(metadata, ("source", "group"))
-    provenance = Provenance(
-        content_key=state["content_key"],
-        metadata=metadata,
-        sources=tuple(r[0] for r in rows),
-        groups=np.array([r[1] for r in rows], dtype=object),
-        class_names=state["class_names"],
-        root=state["root"],
-        skipped=tuple(state["skipped"]),
-    )
-    images = loaded.images
-    if volume_side is not None and images.ndim == 4 and own.spec.dims == 3 and images.shape[1:] != (volume_side,) * 3:
-        images = resized_volumes(folder, split, images, volume_side)
-    return Split(own.name, size, split, images, loaded.labels, provenance)
+    out = {}
+    for split in splits:
+        if split not in state["counts"]:
+            raise DataError(f"{own.name} has no {split} split (it has {sorted(state['counts'])})")
+        loaded = load_split(folder, own.name, size, split)
+        metadata = folder / f"{split}_metadata.csv"
+        rows = _read_columns(metadata, ("source", "group"))
+        provenance = Provenance(
+            content_key=state["content_key"],
+            metadata=metadata,
+            sources=tuple(r[0] for r in rows),
+            groups=np.array([r[1] for r in rows], dtype=object),
+            class_names=state["class_names"],
+            root=state["root"],
+            skipped=tuple(state["skipped"]),
+        )
+        images = loaded.images
+        if volume_side is not None and own.spec.dims == 3 and images.shape[1:] != (volume_side,) * 3:
+            images = resized_volumes(folder, split, images, volume_side)
+        out[split] = Split(own.name, size, split, images, loaded.labels, provenance)
+    return out
