@@ -251,7 +251,8 @@ def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
                     bad[e.source] = r["error"]
         if bad:
             bad_file = partial / "bad_files.csv"
-            bad_file.write_text("path,reason\n" + "".join(f'"{p}","{r}"\n' for p, r in sorted(bad.items())))
+            with open(bad_file, "w", newline="") as fh:
+                csv.writer(fh).writerows([("path", "reason"), *sorted(bad.items())])
             if own.on_bad_file == "error":
                 raise DataError(_bad_message(own, bad, bad_file))
             log.warning("%s: skipping %d bad file(s), listed in %s", own.name, len(bad), bad_file)
