@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from cbmir.diagnostics import hubness, leakage_audit
 from cbmir.logs import get_logger
 from cbmir.metrics import class_membership, per_class, per_query_scores, relevance, summarize
 from cbmir.per_query import write_per_query
-from cbmir.search import search
+from cbmir.search import search, search_excluding_group
 from cbmir.stats import StatsSettings, metric_intervals
 from cbmir.store import atomic_save_npy, atomic_write_json
 
@@ -41,6 +42,11 @@ class CellResult:
     stats: StatsSettings = field(default_factory=StatsSettings)
     class_names: dict[str, str] | None = None
     search_backend: str = "auto"
+    #: group (patient) of each item by role; with ``exclude_same_group`` a query's own group is never its neighbour
+    groups: dict[str, np.ndarray] | None = None
+    exclude_same_group: bool = False
+    #: source file of each item by role (own data), shown under the gallery's tiles
+    names: dict[str, Sequence[str]] | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -78,7 +84,12 @@ class RetrievalEvaluator(Callback):
             "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
         )
         t0 = time.perf_counter()
-        distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
+        if c.exclude_same_group:
+            distances, neighbors = search_excluding_group(
+                database, queries, c.k, c.metric, c.groups["database"], c.groups["query"], backend=c.search_backend
+            )
+        else:
+            distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
         search_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics, statistics = self.score(database, queries, neighbors)
@@ -165,4 +176,5 @@ class RetrievalEvaluator(Callback):
             rel,
             class_names=c.class_names,
             title=title,
+            names=c.names,
         )

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from cbmir.callbacks import CellResult, RetrievalEvaluator
-from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_info, open_split
+from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_splits
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.loggers import close_loggers, make_loggers
@@ -33,18 +33,23 @@ log = get_logger(__name__)
 
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before a model is built or a file downloaded."""
-    sizes = list(cfg.dataset.sizes)
-    if cfg.size not in sizes:
+    facts = dataset_facts(cfg.dataset)
+    if not isinstance(cfg.size, int) or cfg.size < 1:
+        raise InvalidCellError(f"size must be a positive integer, got {cfg.size!r}")
+    if facts.sizes is not None and cfg.size not in facts.sizes:
+        sizes = list(facts.sizes)
         raise InvalidCellError(f"dataset {cfg.dataset.name} has sizes {sizes}; size={cfg.size} is not one of them")
     if cfg.protocol.metric not in METRICS:
         raise ConfigError(f"protocol.metric must be one of {list(METRICS)}, got {cfg.protocol.metric!r}")
     if cfg.protocol.vote_ties not in TIE_RULES:
         raise ConfigError(f"protocol.vote_ties must be one of {list(TIE_RULES)}, got {cfg.protocol.vote_ties!r}")
-    n_database = int(medmnist_info(cfg.dataset.flag)["n_samples"][ROLE_SPLIT["database"]])
-    if not isinstance(cfg.k, int) or not 1 <= cfg.k <= n_database:
+    n_database = facts.n_database
+    if not isinstance(cfg.k, int) or not 1 <= cfg.k <= (n_database or cfg.k):
         raise ConfigError(
             f"k={cfg.k} must be an integer between 1 and the database size ({n_database} for {cfg.dataset.name})"
         )
+    if cfg.protocol.get("exclude_same_group") and facts.kind == "medmnist":
+        raise ConfigError("protocol.exclude_same_group needs groups (patients): own data (dataset=folder|manifest)")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     if cfg.num_workers != "auto" and (not isinstance(cfg.num_workers, int) or cfg.num_workers < 0):
@@ -78,9 +83,12 @@ def volume_side(cfg: DictConfig) -> int | None:
 
 
 def embedding_fields(
-    cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str
+    cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str, content: str | None = None
 ) -> dict[str, Any]:
-    """Everything the embeddings of one split depend on: the content key of the cache."""
+    """Everything the embeddings of one split depend on: the content key of the cache.
+
+    ``content`` is own data's ingested content key (every file's bytes, label, split and decoding setting).
+    """
     fields = {
         "model": model_id(cfg),
         "backbone": identity,
@@ -88,7 +96,7 @@ def embedding_fields(
         "min_source_size": cfg.protocol.min_source_size,
         "precision": resolve_precision(cfg),
         "dataset": cfg.dataset.name,
-        "flag": cfg.dataset.flag,
+        "flag": cfg.dataset.get("flag"),
         "size": cfg.size,
         "split": ROLE_SPLIT[role],
     }
@@ -103,6 +111,8 @@ def embedding_fields(
         }
     if identity.get("weights") == "random":
         fields["seed"] = cfg.seed
+    if content is not None:
+        fields["content"] = content
     return fields
 
 
@@ -179,10 +189,8 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     t_start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     side, volume = volume_side(cfg), volume_spec(cfg)
-    splits = {
-        role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, split, volume_side=side)
-        for role, split in ROLE_SPLIT.items()
-    }
+    opened = open_splits(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT.values(), volume_side=side)
+    splits = {role: opened[split] for role, split in ROLE_SPLIT.items()}
     if cfg.k > len(splits["database"]):
         raise ConfigError(
             f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px"
@@ -190,7 +198,11 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     backbone = build_backbone(cfg.model)
     spec = backbone.preprocess.as_dict()
     cache_root = Path(cfg.paths.output_dir) / "cache"
-    fields = {role: embedding_fields(cfg, backbone.identity, spec, role) for role in ROLE_SPLIT}
+    origin = {role: splits[role].provenance for role in ROLE_SPLIT}  # own data: source files, groups, content
+    fields = {
+        role: embedding_fields(cfg, backbone.identity, spec, role, origin[role] and origin[role].content_key)
+        for role in ROLE_SPLIT
+    }
     targets = {role: cache_path(cache_root, fields[role]) for role in ROLE_SPLIT}
     todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and targets[role].exists())]
     for role in ROLE_SPLIT:
@@ -210,6 +222,11 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     }
     if volume is not None:
         record["volume"] = fields["database"]["volume"]
+    own = origin["database"] is not None
+    if own:
+        record["sources"] = {role: str(origin[role].metadata) for role in ROLE_SPLIT}
+        record["sources"]["root"] = origin["database"].root
+        record["skipped_files"] = list(origin["database"].skipped)
     cell = CellResult(
         out_dir=out,
         embeddings=targets,
@@ -223,7 +240,10 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         images={role: splits[role].images for role in ROLE_SPLIT},
         gallery=bool(cfg.gallery),
         stats=StatsSettings.from_config(cfg.get("stats")),
-        class_names=medmnist_info(cfg.dataset.flag).get("label"),
+        class_names=origin["database"].class_names if own else dataset_facts(cfg.dataset).class_names,
+        groups={role: origin[role].groups for role in ROLE_SPLIT} if own else None,
+        exclude_same_group=bool(cfg.protocol.get("exclude_same_group", False)),
+        names={role: origin[role].sources for role in ROLE_SPLIT} if own else None,
     )
     loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
     evaluator = RetrievalEvaluator(cell, loggers)

@@ -131,6 +131,11 @@ def _shorten(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[: max(chars - 1, 1)] + "…"
 
 
+def _shorten_left(text: str, chars: int) -> str:
+    """Keep the end (a file name's distinctive part and suffix)."""
+    return text if len(text) <= chars else "…" + text[-max(chars - 1, 1) :]
+
+
 def build_gallery(
     query_images: np.ndarray,
     database_images: np.ndarray,
@@ -148,8 +153,13 @@ def build_gallery(
     tile: int = 64,
     border: int = 3,
     title: str | None = None,
+    names: Mapping[str, Sequence[str]] | None = None,
 ) -> Gallery:
-    """The gallery as a canvas; only the chosen images are read (memory maps of a large database stay on disk)."""
+    """The gallery as a canvas; only the chosen images are read (memory maps of a large database stay on disk).
+
+    ``names`` (``{"query": [...], "database": [...]}``, own data's source files) puts each tile's file
+    name under it, so the images found can be opened.
+    """
     neighbors = np.asarray(neighbors)
     q_labels = np.asarray(query_labels).reshape(len(query_labels), -1)
     db_labels = np.asarray(database_labels).reshape(len(database_labels), -1)
@@ -173,7 +183,8 @@ def build_gallery(
     title_height = 20 if title else 0
     cell = tile + 2 * border
     width = margin + label_width + cell + gap + k * cell + (k - 1) * spacing + margin
-    row_height = caption + cell + spacing
+    name_line = 12 if names else 0
+    row_height = caption + cell + name_line + spacing
     height = margin + title_height + header + len(rows) * row_height - spacing + footer + margin
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = BACKGROUND
@@ -206,18 +217,28 @@ def build_gallery(
     for j, x in enumerate(x_ranks):
         text.append((x + cell / 2, y0 + header / 2, f"#{j + 1}", {**small, "weight": "bold"}))
 
-    def place(row: int, col: int, x: int, y: int, image: np.ndarray, colour: tuple[int, int, int], label: str) -> None:
+    def place(
+        row: int, col: int, x: int, y: int, image: np.ndarray, colour: tuple[int, int, int], label: str, name: str = ""
+    ) -> None:
         canvas[y : y + cell, x : x + cell] = colour
         canvas[y + border : y + border + tile, x + border : x + border + tile] = _resize(image, tile)
         gallery.boxes[(row, col)] = (y, x, y + cell, x + cell)
         text.append((x + cell / 2, y - caption / 2, _shorten(label, chars), small))
+        if name:
+            text.append(
+                (x + cell / 2, y + cell + name_line / 2, _shorten_left(name, chars + 2), {**small, "fontsize": 6})
+            )
+
+    def file_of(role: str, index: int) -> str:
+        return str(names[role][index]) if names and role in names else ""
 
     for r, qi in enumerate(rows):
         y = y0 + header + r * row_height + caption
         q_text = class_text(q_labels[qi], class_names)
         wrapped = textwrap.fill(q_text, width=20, max_lines=2, placeholder="…")
         text.append((margin, y + cell / 2, f"query {int(qi)}\n{wrapped}", {**small, "ha": "left", "fontsize": 7.5}))
-        place(r, 0, x_query, y, display_image(query_images[int(qi)], volume=q_volume), QUERY, q_text)
+        q_image = display_image(query_images[int(qi)], volume=q_volume)
+        place(r, 0, x_query, y, q_image, QUERY, q_text, file_of("query", int(qi)))
         for j in range(k):
             di = int(neighbors[qi, j])
             if di < 0:  # a search that found fewer than k results pads with -1: leave the slot empty
@@ -231,6 +252,7 @@ def build_gallery(
                 display_image(database_images[di], volume=db_volume),
                 colour,
                 class_text(db_labels[di], class_names),
+                file_of("database", di),
             )
     return gallery
 

@@ -55,8 +55,10 @@ def _get(node: Any, key: str, default: Any = None) -> Any:
 
 
 def protocol_id(cfg: Any) -> str:
+    """The protocol's name, plus what differs from it: another metric (``paper+cosine``), ``+exclude-group``."""
     name, metric = cfg["protocol"]["name"], cfg["protocol"]["metric"]
-    return name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
+    pid = name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
+    return pid + ("+exclude-group" if _get(cfg["protocol"], "exclude_same_group", False) else "")
 
 
 def dataset_id(cfg: Any) -> str:
@@ -68,7 +70,7 @@ def dataset_id(cfg: Any) -> str:
             options.append(d["planes"])
         if _get(d, "aggregate", "concat") != "concat":
             options.append(d["aggregate"])
-    return d["name"] + ("+" + "-".join(options) if options else "")
+    return str(d["name"]) + ("+" + "-".join(options) if options else "")
 
 
 def model_id(cfg: Any) -> str:

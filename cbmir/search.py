@@ -156,3 +156,57 @@ def search(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2"
         else:
             return search_faiss(database, queries, k, metric)
     return search_torch(database, queries, k, metric, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def drop_same_group(
+    distances: np.ndarray, indices: np.ndarray, database_groups: np.ndarray, query_groups: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``k`` neighbours of each query that are not of its own group, in rank order.
+
+    Returns ``(distances (Q, k), indices (Q, k), short (Q,))``; ``short`` marks rows with fewer than
+    ``k`` neighbours left, whose missing slots hold index -1 (and distance NaN): search them deeper.
+    """
+    same = np.asarray(database_groups)[indices] == np.asarray(query_groups)[:, None]
+    order = np.argsort(same, axis=1, kind="stable")[:, :k]  # other groups first, each side in rank order
+    kept_d = np.take_along_axis(distances, order, axis=1).astype(np.float32)
+    kept_i = np.take_along_axis(indices, order, axis=1)
+    missing = np.take_along_axis(same, order, axis=1)
+    kept_d[missing], kept_i[missing] = np.nan, -1
+    return kept_d, kept_i, missing.any(axis=1)
+
+
+def search_excluding_group(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    database_groups: np.ndarray,
+    query_groups: np.ndarray,
+    *,
+    backend: str = "auto",
+):
+    """:func:`search` without the query's own group (patient): k + extra neighbours, extra doubling until enough."""
+    from cbmir.errors import DataError
+
+    database_groups, query_groups = np.asarray(database_groups), np.asarray(query_groups)
+    names, counts = np.unique(database_groups, return_counts=True)
+    in_own_group = dict(zip(names.tolist(), counts.tolist()))
+    available = len(database) - np.array([in_own_group.get(g, 0) for g in query_groups.tolist()], dtype=np.int64)
+    if len(available) and available.min() < k:
+        worst = int(np.argmin(available))
+        raise DataError(
+            f"query {worst} (group {query_groups[worst]!r}) has only {available[worst]} database items outside its "
+            f"group, fewer than k={k}: lower k or set protocol.exclude_same_group=false"
+        )
+    out_d = np.empty((len(queries), k), dtype=np.float32)
+    out_i = np.empty((len(queries), k), dtype=np.int64)
+    rows, extra = np.arange(len(queries)), k
+    while rows.size:
+        depth = min(len(database), k + extra)
+        d, i = search(database, np.asarray(queries)[rows], depth, metric, backend=backend)
+        kept_d, kept_i, short = drop_same_group(d, i, database_groups, query_groups[rows], k)
+        if depth == len(database) and short.any():  # impossible after the check above; never loop forever
+            raise RuntimeError("exclude_same_group: the whole database was searched and k neighbours are missing")
+        out_d[rows[~short]], out_i[rows[~short]] = kept_d[~short], kept_i[~short]
+        rows, extra = rows[short], extra * 2
+    return out_d, out_i

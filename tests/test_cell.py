@@ -77,7 +77,7 @@ def test_result_contract(cell_cfg, data_dir):
 def test_finished_cell_is_skipped_unless_overwrite(cell_cfg, monkeypatch):
     cfg = cell_cfg()
     first = run_cell(cfg)
-    monkeypatch.setattr(cell, "open_split", lambda *a, **k: pytest.fail("a finished cell must not load data"))
+    monkeypatch.setattr(cell, "open_splits", lambda *a, **k: pytest.fail("a finished cell must not load data"))
     assert run_cell(cfg)["created"] == first["created"]
     monkeypatch.undo()
     again = run_cell(cell_cfg("overwrite=true"))
@@ -113,7 +113,7 @@ def test_multilabel_chestmnist_cell(cell_cfg):
 
 
 def test_sizes_and_k_validated_before_any_work(cell_cfg, monkeypatch):
-    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(data.medmnist, "_download", lambda *a, **k: pytest.fail("must not download"))
     monkeypatch.setattr("cbmir.models.build_backbone", lambda *a, **k: pytest.fail("must not build"))
     with pytest.raises(InvalidCellError, match=r"sizes \[28, 64, 128, 224\]"):
         run_cell(cell_cfg("size=32"))

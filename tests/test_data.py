@@ -8,7 +8,7 @@ import torch
 from medmnist_fixtures import write_medmnist
 
 from cbmir import data
-from cbmir.data import ImageArrayDataset, ensure_file, file_name, md5sum, open_split, split_arrays
+from cbmir.data import ImageArrayDataset, ensure_file, file_name, md5sum, medmnist, open_split, split_arrays
 from cbmir.errors import DataError
 
 
@@ -71,15 +71,17 @@ def _fake_server(source, seen):
 def test_missing_file_is_downloaded_and_md5_checked(tmp_path, monkeypatch):
     source = write_medmnist(tmp_path / "server", "breastmnist", 28, n_classes=2)
     seen = []
-    monkeypatch.setattr(data, "_download", _fake_server(source, seen))
-    monkeypatch.setattr(data, "source_of", lambda flag, size: ("https://example.org/breastmnist.npz", md5sum(source)))
+    monkeypatch.setattr(medmnist, "_download", _fake_server(source, seen))
+    monkeypatch.setattr(
+        medmnist, "source_of", lambda flag, size: ("https://example.org/breastmnist.npz", md5sum(source))
+    )
     path = ensure_file("breastmnist", 28, tmp_path / "data")
     assert path.exists() and seen == [("https://example.org/breastmnist.npz", "breastmnist.npz", md5sum(source))]
 
 
 def test_download_with_wrong_md5_is_rejected_and_removed(tmp_path, monkeypatch):
     source = write_medmnist(tmp_path / "server", "breastmnist", 28, n_classes=2)
-    monkeypatch.setattr(data, "_download", _fake_server(source, []))
+    monkeypatch.setattr(medmnist, "_download", _fake_server(source, []))
     with pytest.raises(DataError, match="MD5"):
         ensure_file("breastmnist", 28, tmp_path / "data")  # real INFO MD5 != our tiny file
     assert not (tmp_path / "data" / "breastmnist.npz").exists()
@@ -89,7 +91,7 @@ def test_offline_error_names_file_url_md5_and_folder(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(data, "_download", offline)
+    monkeypatch.setattr(medmnist, "_download", offline)
     url, md5 = data.source_of("pathmnist", 224)
     with pytest.raises(DataError) as err:
         ensure_file("pathmnist", 224, tmp_path / "data")
@@ -98,7 +100,7 @@ def test_offline_error_names_file_url_md5_and_folder(tmp_path, monkeypatch):
 
 
 def test_no_download_when_disabled(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(medmnist, "_download", lambda *a, **k: pytest.fail("must not download"))
     with pytest.raises(DataError, match="dataset.download=false"):
         ensure_file("dermamnist", 64, tmp_path, download=False)
 
