@@ -40,20 +40,33 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, use_gpu: bool | None = None):
-    """``(distances float32 (Q, k), indices int64 (Q, k))``, nearest first."""
+def flat_index(database: np.ndarray, metric: str = "l2", *, gpu: bool = False):
+    """The exact FAISS index of ``database`` (flat L2, or inner product of unit vectors for cosine), filled.
+
+    Queries of a cosine index must be L2-normalised as well (:func:`l2_normalize`).
+    """
     import faiss
 
-    _check(database, queries, k, metric)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     db = np.ascontiguousarray(database, dtype=np.float32)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
     if metric == "cosine":
-        db, q = l2_normalize(db), l2_normalize(q)
+        db = l2_normalize(db)
     index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
-    gpu = faiss_has_gpu() if use_gpu is None else use_gpu
-    if gpu and k <= FAISS_GPU_MAX_K:
+    if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(db)
+    return index
+
+
+def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, use_gpu: bool | None = None):
+    """``(distances float32 (Q, k), indices int64 (Q, k))``, nearest first."""
+    _check(database, queries, k, metric)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if metric == "cosine":
+        q = l2_normalize(q)
+    gpu = faiss_has_gpu() if use_gpu is None else use_gpu
+    index = flat_index(database, metric, gpu=gpu and k <= FAISS_GPU_MAX_K)
     distances, indices = index.search(q, k)
     return distances.astype(np.float32), indices.astype(np.int64)
 
