@@ -34,7 +34,7 @@ from cbmir.index_files import (
     read_manifest,
     write_items,
 )
-from cbmir.layout import CONF_DIR, dataset_id, label, model_id, protocol_id, versions
+from cbmir.layout import CONF_DIR, cell_dir, dataset_id, label, model_id, protocol_id, versions
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def build_index(cfg: DictConfig) -> Path:
         "probe_row": 0,
         "faiss": {"index": "IndexFlatL2" if cfg.protocol.metric == "l2" else "IndexFlatIP (unit vectors)"},
         "evaluation": {
-            "result": str(Path(result["embeddings"]["database"]).parent),
+            "result": str((cell_dir(cfg) / "result.json").resolve()),
             "k": result["k"],
             "metrics": result["metrics"],
             "cell": f"{result['protocol']}/{result['dataset']}/{result['size']}/{result['model']}",
