@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,6 +130,8 @@ def _items(cfg: DictConfig, splits: dict, class_names) -> list[dict[str, Any]]:
 
 def build_index(cfg: DictConfig) -> Path:
     """Run (or reuse) the cell, then write its index folder; returns the folder."""
+    import faiss
+
     from cbmir.cell import volume_side, volume_spec
     from cbmir.data import ROLE_SPLIT, dataset_facts, open_split
     from cbmir.index_files import sha256_file
@@ -156,8 +159,6 @@ def build_index(cfg: DictConfig) -> Path:
 
     partial = target.with_name(target.name + ".partial")
     if partial.exists():
-        import shutil
-
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     embeddings = _copy_rows(partial / EMBEDDINGS, [np.load(cache[r], mmap_mode="r") for r in roles], np.float32)
@@ -170,8 +171,6 @@ def build_index(cfg: DictConfig) -> Path:
     if cfg.index.images:
         _copy_rows(partial / IMAGES, images, np.uint8)
     np.save(partial / PROBE, np.array(images[0][0]))
-    import faiss
-
     faiss.write_index(flat_index(embeddings, cfg.protocol.metric), str(partial / FAISS_FILE))
 
     manifest = {
