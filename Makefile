@@ -8,7 +8,7 @@ FAISS ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench report clean
+.PHONY: install run test test-fast lint bench report clean browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: install
 	$(BIN)/python -m cbmir.run $(ARGS)
 
 # Offline by construction: no test may need the network.
-test: install
+test: install browser-deps
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite without the tests marked slow (subprocess command lines, torchrun, real weights, full-size networks).
@@ -41,6 +41,10 @@ report: install
 # Throughput, efficiency, baselines, 3D, search, cache and memory on this machine (about 7-10 min on 2 CPU cores).
 bench: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m cbmir.bench $(ARGS)
+
+# The headless browser of tests/test_browser.py: Debian's chromium, installed (apt-get) only when missing.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

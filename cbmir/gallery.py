@@ -105,6 +105,10 @@ def _resize(img: np.ndarray, tile: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+#: The tiles' resize, public for the search index's thumbnails (one resize, so thumbnails look like gallery tiles).
+resize_tile = _resize
+
+
 def class_text(label: np.ndarray, class_names: ClassNames = None) -> str:
     """``"3 eosinophil"`` for a class, the positive classes joined by ``+`` for a multi-label vector."""
     label = np.asarray(label).reshape(-1)

@@ -95,16 +95,29 @@ def _tie_broken(raw_search, database, queries, k: int, metric: str, chunk: int =
     return distances, indices
 
 
+def flat_index(database: np.ndarray, metric: str = "l2"):
+    """The exact FAISS index of ``database`` (flat L2, or inner product of unit vectors for cosine), filled.
+
+    Queries of a cosine index must be L2-normalised as well (:func:`l2_normalize`).
+    """
+    import faiss
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    db = np.ascontiguousarray(database, dtype=np.float32)
+    if metric == "cosine":
+        db = l2_normalize(db)
+    index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    return index
+
+
 def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, use_gpu: bool | None = None):
     """``(distances float32 (Q, k), indices int64 (Q, k))``, nearest first, ties by database index."""
     import faiss
 
     _check(database, queries, k, metric)
-    db = np.ascontiguousarray(database, dtype=np.float32)
-    if metric == "cosine":
-        db = l2_normalize(db)
-    cpu_index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
-    cpu_index.add(db)
+    cpu_index = flat_index(database, metric)
     gpu_index = faiss.index_cpu_to_all_gpus(cpu_index) if (faiss_has_gpu() if use_gpu is None else use_gpu) else None
 
     def raw(q: np.ndarray, width: int):
