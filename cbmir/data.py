@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cbmir.errors import ConfigError, DataError
+from cbmir.layout import medmnist_file_name as file_name
 
 SPLITS = ("train", "val", "test")
 #: The study's roles: the training split is the searchable database, the test split the queries.
@@ -36,11 +37,6 @@ def medmnist_info(flag: str) -> dict:
         known = ", ".join(sorted(INFO))
         raise ConfigError(f"unknown MedMNIST flag {flag!r}; known flags: {known}")
     return INFO[flag]
-
-
-def file_name(flag: str, size: int) -> str:
-    """MedMNIST's naming: ``{flag}.npz`` at 28 px, ``{flag}_{size}.npz`` above."""
-    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
 def source_of(flag: str, size: int) -> tuple[str, str]:
