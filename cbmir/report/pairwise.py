@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cbmir.report.naming import MISSING, dataset_label, dataset_order, metric_order, model_label
-from cbmir.report.significance import Significance
+from cbmir.report.significance import Significance, describe_test
 
 #: The columns of pairwise.csv (and the keys of a pairwise row).
 PAIRWISE_COLUMNS: tuple[str, ...] = (
@@ -91,8 +91,8 @@ def pairwise_markdown(protocol: str, rows: Sequence[dict[str, Any]], significanc
         f"# Paired comparisons, protocol `{protocol}`",
         "",
         f"Each entry: a − b in percentage points, its {100 * s.level:g}% paired-bootstrap interval "
-        f"({s.method}, {s.resamples} resamples) and the p-value of the paired {s.test} test on the same queries, "
-        f"corrected ({s.correction}) over the pairs of its dataset, size and metric. **Bold** = significant at "
+        f"({s.method}, {s.resamples} resamples) and the p-value of the {describe_test(s)} over the pairs of "
+        f"its dataset, size and metric. **Bold** = significant at "
         f"α = {significance.alpha:.2g}. The first {MARKDOWN_METRICS} metrics (no `_macro`) are shown; "
         "`pairwise.csv` holds every metric, raw p-values included.",
         "",

@@ -51,6 +51,13 @@ class Significance:
         return found if found is not None and all(is_finite(v) for v in found) else None
 
 
+def describe_test(settings: StatsSettings) -> str:
+    """``paired sign-flip permutation test, Holm correction``: the words of the tables' legends."""
+    test = "sign-flip permutation" if settings.test == "signflip" else "Wilcoxon signed-rank"
+    correction = {"holm": "Holm", "bh": "Benjamini–Hochberg", "none": "no"}[settings.correction]
+    return f"paired {test} test on the same queries, {correction} correction"
+
+
 def report_settings(resamples: int | None = None) -> StatsSettings:
     """``conf/stats/default.yaml`` (what the cells used), with ``resamples`` overridden if given."""
     from omegaconf import OmegaConf

@@ -26,7 +26,7 @@ from cbmir.report.naming import (
     model_label,
     model_order,
 )
-from cbmir.report.significance import Significance, not_worse_than_best
+from cbmir.report.significance import Significance, describe_test, not_worse_than_best
 
 #: (dataset, size, model) -> a value: the shape every table and figure is drawn from.
 Grid = dict[tuple[str, int, str], float]
@@ -257,14 +257,11 @@ def metric_table(cells: Sequence[Cell], metric: str, significance: Significance 
 def legend(significance: Significance) -> str:
     """The legend under a table with intervals and marks."""
     s = significance.settings
-    level = f"{100 * s.level:g}%"
-    correction = {"holm": "Holm", "bh": "Benjamini–Hochberg", "none": "no"}[s.correction]
-    test = "sign-flip permutation" if s.test == "signflip" else "Wilcoxon signed-rank"
     return (
-        f"±: half-width of the {level} {s.method} bootstrap interval over queries ({s.resamples} resamples; "
-        f"exact bounds in results.csv; {MISSING} = no per-query scores). **bold** = best of its dataset and size; "
-        f"{SAME_AS_BEST} = not significantly worse than that best (paired {test} test on the same queries, "
-        f"{correction} correction over all best-vs-other tests of this table, α = {1 - s.level:.2g}); "
+        f"±: half-width of the {100 * s.level:g}% {s.method} bootstrap interval over queries ({s.resamples} "
+        f"resamples; exact bounds in results.csv; {MISSING} = no per-query scores). **bold** = best of its dataset "
+        f"and size; {SAME_AS_BEST} = not significantly worse than that best ({describe_test(s)} over all "
+        f"best-vs-other tests of this table, α = {significance.alpha:.2g}); "
         "no mark = significantly worse, or not testable (no per-query scores). The means carry no interval."
     )
 
