@@ -60,7 +60,8 @@ def build_report(
 
     With ``ci`` (default), every value gets its bootstrap interval and the tables their significance marks,
     from the cells' per-query scores (``settings``: default ``conf/stats/default.yaml``); ``ci=False`` writes
-    the paper's shape (values only) and no pairwise tables or forest plots.
+    the paper's shape (values only) and no pairwise tables or forest plots, as does a protocol none of whose
+    cells has an interval (``published``, results without per-query scores).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,9 +71,12 @@ def build_report(
     by_protocol = {p: [c for c in cells if c.protocol == p] for p in protocols}
     if ci:
         settings = settings or report_settings()
-        report.significance = {p: column_statistics(by_protocol[p], settings) for p in protocols}
+        for p in protocols:  # a protocol without any interval (the published numbers) keeps the paper's shape
+            significance = column_statistics(by_protocol[p], settings)
+            if any(significance.intervals.values()):
+                report.significance[p] = significance
     rows = [r for p in protocols for r in result_rows(by_protocol[p], report.significance.get(p))]
-    write_csv(out / "results.csv", result_columns(cells, intervals=ci), rows)
+    write_csv(out / "results.csv", result_columns(cells, intervals=bool(report.significance)), rows)
     index = [
         "# cbmir report",
         "",

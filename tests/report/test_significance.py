@@ -159,6 +159,18 @@ def test_no_ci_gives_the_papers_shape(stats_sweep, tmp_path):
     assert not (report.out / "paper" / "pairwise.csv").exists() and report.significance == {}
 
 
+def test_cli_no_ci_and_protocols_without_intervals(stats_sweep, tmp_path):
+    from cbmir.report.cli import main
+
+    out = tmp_path / "r"
+    assert main([str(stats_sweep), "--out", str(out), "--no-figures", "--no-ci"]) == 0
+    assert "±" not in (out / "paper" / "tables.md").read_text() and not (out / "paper" / "pairwise.md").exists()
+    assert main([str(stats_sweep), "--out", str(out), "--no-figures", "--resamples", "200", "--with-published"]) == 0
+    assert "(200 resamples" in (out / "paper" / "tables.md").read_text() and (out / "paper" / "pairwise.md").exists()
+    published = (out / "published" / "tables.md").read_text()  # no interval anywhere: the paper's shape
+    assert "±" not in published and "97.05" in published and not (out / "published" / "pairwise.md").exists()
+
+
 def test_per_class_table(tmp_path):
     out = tmp_path / "outputs"
     for model, a, b in (("vgg19", 80.0, 60.0), ("uni", 70.0, 90.0)):
