@@ -50,6 +50,14 @@ class CellResult:
     started: float = field(default_factory=time.perf_counter)
 
 
+def interval_bounds(intervals: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``<metric>_ci_low`` / ``<metric>_ci_high`` (percent) of result.json's intervals, for the loggers."""
+    out = {}
+    for metric, bounds in intervals.items():
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = float(bounds["low"]), float(bounds["high"])
+    return out
+
+
 class RetrievalEvaluator(Callback):
     """Builds the exact index, computes the metrics, writes ``result.json`` (last, atomically) and logs.
 
@@ -120,8 +128,9 @@ class RetrievalEvaluator(Callback):
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(c.out_dir / "result.json", result)
+        logged = {**metrics, **interval_bounds(result["intervals"])}
         for logger in self.loggers:
-            logger.log_metrics({**metrics, **{f"seconds/{k}": v for k, v in result["seconds"].items()}}, step=0)
+            logger.log_metrics({**logged, **{f"seconds/{k}": v for k, v in result["seconds"].items()}}, step=0)
             if gallery is not None and hasattr(logger, "log_image"):
                 logger.log_image(key="gallery", images=[str(gallery)], step=0)
         self.result = result

@@ -45,6 +45,11 @@ VERSIONED_PACKAGES: tuple[str, ...] = (
 )
 
 
+def medmnist_file_name(flag: str, size: int) -> str:
+    """MedMNIST's naming: ``{flag}.npz`` at 28 px, ``{flag}_{size}.npz`` above."""
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
 def safe_name(text: Any) -> str:
     """A filesystem-safe name: runs of anything but letters, digits, ``.``, ``_``, ``+``, ``-`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_")

@@ -60,16 +60,17 @@ def rank_models(table: np.ndarray, models: list[str], *, alpha: float = 0.05, hi
 
 
 def draw_cd_diagram(analysis: RankAnalysis, path: Path, *, title: str | None = None) -> Path:
-    """A critical-difference diagram PNG (scikit-posthocs' drawing): ranks on the axis, bars join ties."""
-    import matplotlib
+    """A critical-difference diagram PNG (scikit-posthocs' drawing): ranks on the axis, bars join ties.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare matplotlib Figure (no pyplot): no global backend state, safe in any process.
+    """
     import pandas as pd
     import scikit_posthocs
+    from matplotlib.figure import Figure
 
     sig = pd.DataFrame(analysis.nemenyi_p, index=analysis.models, columns=analysis.models)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(analysis.models) + 1.2))
+    fig = Figure(figsize=(8, 0.35 * len(analysis.models) + 1.2))
+    ax = fig.subplots()
     scikit_posthocs.critical_difference_diagram(pd.Series(analysis.average_ranks), sig, alpha=analysis.alpha, ax=ax)
     heading = f"average rank over {analysis.n_blocks} blocks · Friedman p = {analysis.friedman_p:.2g}"
     heading += f" · CD = {analysis.critical_difference:.2f}"
@@ -77,5 +78,4 @@ def draw_cd_diagram(analysis: RankAnalysis, path: Path, *, title: str | None = N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
     return path

@@ -149,13 +149,28 @@ def test_crash_leaves_no_finished_looking_result(cell_cfg, monkeypatch):
     assert result["cached"] == {"database": True, "query": True}
 
 
-def test_wandb_offline_run_per_cell(cell_cfg, tmp_path):
+def test_wandb_offline_run_per_cell(cell_cfg, tmp_path, monkeypatch):
     import wandb
+    from lightning.pytorch.loggers import WandbLogger
 
+    logged: list[dict] = []
+    original = WandbLogger.log_metrics
+    monkeypatch.setattr(
+        WandbLogger,
+        "log_metrics",
+        lambda self, metrics, step=None: (logged.append(dict(metrics)), original(self, metrics, step)),
+    )
     result = run_cell(cell_cfg("logger=default"))
     assert wandb.run is None  # finished after the cell
     runs = list((Path(result["config"]["paths"]["output_dir"]) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    # the run gets every headline with its interval (its summary: the last value of each key)
+    (values,) = [m for m in logged if "mAP@5" in m]
+    for metric, bounds in result["intervals"].items():
+        assert values[metric] == pytest.approx(result["metrics"][metric])
+        assert (values[f"{metric}_ci_low"], values[f"{metric}_ci_high"]) == pytest.approx(
+            (bounds["low"], bounds["high"])
+        )
 
 
 @pytest.mark.parametrize(

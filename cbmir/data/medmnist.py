@@ -16,6 +16,7 @@ from pathlib import Path
 from cbmir.data.datasets import Split, load_split
 from cbmir.data.volumes import resized_volumes
 from cbmir.errors import ConfigError, DataError
+from cbmir.layout import medmnist_file_name as file_name
 from cbmir.logs import get_logger
 
 log = get_logger(__name__)
@@ -29,11 +30,6 @@ def medmnist_info(flag: str) -> dict:
         known = ", ".join(sorted(INFO))
         raise ConfigError(f"unknown MedMNIST flag {flag!r}; known flags: {known}")
     return INFO[flag]
-
-
-def file_name(flag: str, size: int) -> str:
-    """MedMNIST's naming: ``{flag}.npz`` at 28 px, ``{flag}_{size}.npz`` above."""
-    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
 def source_of(flag: str, size: int) -> tuple[str, str]:

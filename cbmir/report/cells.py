@@ -10,8 +10,9 @@ from typing import Any
 IDENTITY: tuple[str, ...] = ("protocol", "dataset", "size", "model")
 #: Groups flattened under another prefix (``versions.torch`` -> ``version_torch``).
 _PREFIX = {"versions": "version", "seconds": "seconds", "cached": "cached"}
-#: Left out of the report: the resolved config and the embedding paths are not results.
-_SKIPPED = ("config", "embeddings")
+#: Left out of the flat record: the resolved config and the embedding paths are not results; intervals
+#: and per-class means have fields of their own.
+_SKIPPED = ("config", "embeddings", "intervals", "per_class")
 
 
 @dataclass
@@ -25,6 +26,10 @@ class Cell:
     metrics: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: the cell's own stored intervals, ``metric -> (low, high)`` in percent (result.json ``intervals``)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: per-class means, ``metric -> class -> percent`` (result.json ``per_class``)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -46,6 +51,15 @@ def cell_from_result(result: dict[str, Any], path: Path | None = None) -> Cell:
         elif not isinstance(value, list):
             info[name] = value
     metrics = {str(k): float(v) for k, v in result["metrics"].items() if v is not None}
-    return Cell(
-        str(result["protocol"]), str(result["dataset"]), int(result["size"]), str(result["model"]), metrics, info, path
-    )
+    intervals = {
+        str(k): (float(v["low"]), float(v["high"]))
+        for k, v in (result.get("intervals") or {}).items()
+        if isinstance(v, dict) and v.get("low") is not None and v.get("high") is not None
+    }
+    per_class = {
+        str(metric): {str(c): float(v) for c, v in classes.items() if v is not None}
+        for metric, classes in (result.get("per_class") or {}).items()
+        if isinstance(classes, dict)
+    }
+    identity = (str(result["protocol"]), str(result["dataset"]), int(result["size"]), str(result["model"]))
+    return Cell(*identity, metrics, info, path, intervals, per_class)

@@ -17,6 +17,7 @@ from cbmir.report.build import build_report
 from cbmir.report.collect import find_result_files, load_cells
 from cbmir.report.naming import PAPER_PROTOCOL
 from cbmir.report.paper import load_paper, published_cells
+from cbmir.report.significance import report_settings
 from cbmir.report.wandb_run import log_to_wandb
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=None, help=f"report folder (default: {output_dir / 'report'})")
     p.add_argument("--no-figures", action="store_true", help="tables and CSV only")
+    p.add_argument(
+        "--no-ci",
+        action="store_true",
+        help="the paper's shape: values only, no intervals, significance marks or pairwise tables",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=None,
+        help="bootstrap resamples and sign flips (default: stats.resamples of conf/stats/default.yaml)",
+    )
     p.add_argument(
         "--with-published",
         action="store_true",
@@ -88,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cells:
         log.error("no result.json under %s", ", ".join(map(str, args.inputs)))
         return 1
-    report = build_report(cells, args.out, paper=paper, figures=not args.no_figures)
+    settings = None if args.no_ci else report_settings(args.resamples)
+    report = build_report(
+        cells, args.out, paper=paper, figures=not args.no_figures, ci=not args.no_ci, settings=settings
+    )
     counts = ", ".join(f"{p} {sum(c.protocol == p for c in cells)}" for p in report.files)
     print(f"[cbmir] report: {len(cells)} cells ({counts}) → {args.out / 'index.md'}")
     pooled = [s for s in report.summary if s["metric"] == "all" and s["model"] == "all"]

@@ -19,9 +19,15 @@ PAPER_PROTOCOL = "paper"
 #: Pseudo-protocol under which ``--with-published`` renders the paper's own numbers.
 PUBLISHED_PROTOCOL = "published"
 _PROTOCOL_ORDER = (PAPER_PROTOCOL, "standard", PUBLISHED_PROTOCOL)
-_METRIC_FAMILIES = ("mAP@", "mMV@", "ACC@")
+#: Metric families ``<family><k><variant>`` in report order: the paper's three, then the standard protocol's.
+_METRIC_FAMILIES = ("mAP@", "mMV@", "ACC@", "AP@", "P@", "R@", "nDCG@", "MRR@")
+#: Metrics without a k (the standard protocol's, over the R relevant items), after the families.
+_NAMED_METRICS = ("MAP@R", "R-precision")
+_MACRO = "_macro"
 #: Shown where a value is absent inside a cell that has others (an entirely absent cell is blank).
 MISSING = "–"
+#: After a value that is not significantly worse than the best of its column (paired test, corrected).
+SAME_AS_BEST = "≈"
 
 
 def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
@@ -47,14 +53,20 @@ def protocol_order(names: Iterable[str]) -> list[str]:
 
 
 def metric_order(names: Iterable[str]) -> list[str]:
-    """mAP@k, mMV@k, ACC@k (by k) as in the paper, then any others alphabetically."""
+    """The paper's families (mAP@k, mMV@k, ACC@k, by k), then the standard protocol's (AP@k_textbook, P@k, R@k,
+    nDCG@k, MRR@k, MAP@R, R-precision), then any others alphabetically; each ``_macro`` right after its base."""
 
     def key(name: str) -> tuple:
+        macro = name.endswith(_MACRO)
+        base = name[: -len(_MACRO)] if macro else name
         for i, family in enumerate(_METRIC_FAMILIES):
-            rest = name[len(family) :]
-            if name.startswith(family) and rest.isdigit():
-                return (i, int(rest), name)
-        return (len(_METRIC_FAMILIES), 0, name)
+            rest = base[len(family) :]
+            k = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+            if base.startswith(family) and k:
+                return (i, int(k), rest[len(k) :], macro, name)
+        if base in _NAMED_METRICS:
+            return (len(_METRIC_FAMILIES) + _NAMED_METRICS.index(base), 0, "", macro, name)
+        return (len(_METRIC_FAMILIES) + len(_NAMED_METRICS), 0, base, macro, name)
 
     return sorted(set(names), key=key)
 

@@ -16,6 +16,7 @@ from cbmir.layout import SIZES_3D
 from cbmir.report.cells import Cell
 from cbmir.report.naming import (
     MISSING,
+    SAME_AS_BEST,
     dataset_label,
     dataset_order,
     fmt,
@@ -25,6 +26,7 @@ from cbmir.report.naming import (
     model_label,
     model_order,
 )
+from cbmir.report.significance import Significance, describe_test, not_worse_than_best
 
 #: (dataset, size, model) -> a value: the shape every table and figure is drawn from.
 Grid = dict[tuple[str, int, str], float]
@@ -35,9 +37,12 @@ _LEADING = ("protocol", "dataset", "size", "model", "k", "metric", "n_queries", 
 # --------------------------------------------------------------------------- results.csv
 
 
-def result_columns(cells: Sequence[Cell]) -> list[str]:
-    """Identity, metrics (paper order), timings, then the rest alphabetically, versions last."""
+def result_columns(cells: Sequence[Cell], intervals: bool = False) -> list[str]:
+    """Identity, metrics (paper order; with ``intervals`` each followed by ``_ci_low``, ``_ci_high``), timings,
+    the rest alphabetically, versions last."""
     metrics = metric_order(m for c in cells for m in c.metrics)
+    if intervals:
+        metrics = [name for m in metrics for name in (m, f"{m}_ci_low", f"{m}_ci_high")]
     info = {k for c in cells for k in c.info} - set(_LEADING)
     seconds = sorted(k for k in info if k.startswith("seconds_"))
     versions = sorted(k for k in info if k.startswith("version_"))
@@ -45,19 +50,17 @@ def result_columns(cells: Sequence[Cell]) -> list[str]:
     return [*_LEADING, *metrics, *seconds, *rest, *versions, "path"]
 
 
-def result_rows(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    return [
-        {
-            **c.info,
-            **c.metrics,
-            "protocol": c.protocol,
-            "dataset": c.dataset,
-            "size": c.size,
-            "model": c.model,
-            "path": str(c.path) if c.path else "",
-        }
-        for c in cells
-    ]
+def result_rows(cells: Sequence[Cell], significance: Significance | None = None) -> list[dict[str, Any]]:
+    """One dict per cell; ``<metric>_ci_low/_ci_high`` (percent) where ``significance`` has the interval."""
+    rows = []
+    for c in cells:
+        bounds: dict[str, float] = {}
+        for m in c.metrics if significance is not None else ():
+            if (ci := significance.interval(c, m)) is not None:
+                bounds |= {f"{m}_ci_low": ci[0], f"{m}_ci_high": ci[1]}
+        identity = {"protocol": c.protocol, "dataset": c.dataset, "size": c.size, "model": c.model}
+        rows.append({**c.info, **c.metrics, **bounds, **identity, "path": str(c.path) if c.path else ""})
+    return rows
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
@@ -132,10 +135,15 @@ def value_table(
     digits: int = 2,
     ranks: bool = True,
     means: bool = True,
+    interval_of: Callable[[Cell], tuple[float, float] | None] | None = None,
+    marked: set[tuple[str, int, str]] | None = None,
 ) -> Table:
     """Rows = models, columns = datasets, each cell its values across sizes (``83.18 / 85.45 / …``).
 
-    The best value of each (dataset, size) is bold (ties at the shown precision all bold). The mean
+    The best value of each (dataset, size) is bold (ties at the shown precision all bold). With
+    ``interval_of``, each value is followed by its interval's half-width (``83.18 ±1.05``, ``±–`` where
+    the cell has none); a (dataset, size, model) in ``marked`` gets :data:`SAME_AS_BEST` after its value
+    (``84.08≈``): not significantly worse than the column's best. The mean
     over 2D (3D) datasets at a size only counts the datasets that have that size in this table, and is
     left out for a model that misses one of them, so every mean in a column averages the same datasets.
     The average rank is over the (dataset, size) columns a model has, with their count beside it.
@@ -149,8 +157,15 @@ def value_table(
     def best_of(column: dict[str, float]) -> float | None:
         return better(round(v, digits) for v in column.values()) if column else None
 
+    intervals = {(c.dataset, c.size, c.model): interval_of(c) for c in cells} if interval_of else None
+    marked = marked or set()
+
     def render(
-        model: str, size_list: list[int], value: Callable[[str, int], float | None], best: dict[int, float | None]
+        model: str,
+        size_list: list[int],
+        value: Callable[[str, int], float | None],
+        best: dict[int, float | None],
+        dataset: str | None = None,
     ) -> str:
         values = [value(model, s) for s in size_list]
         if not any(is_finite(v) for v in values):
@@ -158,9 +173,13 @@ def value_table(
         parts = []
         for s, v in zip(size_list, values, strict=True):
             text = fmt(v, digits)
-            parts.append(
-                f"**{text}**" if is_finite(v) and best[s] is not None and round(v, digits) == best[s] else text
-            )
+            if is_finite(v) and best[s] is not None and round(v, digits) == best[s]:
+                text = f"**{text}**"
+            elif is_finite(v) and (dataset, s, model) in marked:
+                text += SAME_AS_BEST
+            if intervals is not None and dataset is not None and is_finite(v):
+                text += f" ±{half_width(intervals.get((dataset, s, model)), digits)}"
+            parts.append(text)
         return " / ".join(parts)
 
     header = ["Model"] + [dataset_label(d) for d in datasets]
@@ -168,7 +187,9 @@ def value_table(
     columns = {d: {s: {m: grid[(d, s, m)] for m in models if (d, s, m) in grid} for s in sizes[d]} for d in datasets}
     body = {
         m: [
-            render(m, sizes[d], lambda mm, s, d=d: grid.get((d, s, mm)), {s: best_of(columns[d][s]) for s in sizes[d]})
+            render(
+                m, sizes[d], lambda mm, s, d=d: grid.get((d, s, mm)), {s: best_of(columns[d][s]) for s in sizes[d]}, d
+            )
             for d in datasets
         ]
         for m in models
@@ -212,8 +233,37 @@ def value_table(
     return Table(header, rows, notes)
 
 
-def metric_table(cells: Sequence[Cell], metric: str, **kwargs: Any) -> Table:
-    return value_table(cells, lambda c: c.metrics.get(metric), **kwargs)
+def half_width(bounds: tuple[float, float] | None, digits: int = 2) -> str:
+    """Half the interval's width at the tables' precision (the exact bounds are in results.csv)."""
+    return fmt((bounds[1] - bounds[0]) / 2, digits) if bounds is not None else MISSING
+
+
+def metric_table(cells: Sequence[Cell], metric: str, significance: Significance | None = None, **kwargs: Any) -> Table:
+    """One metric's table; with ``significance``, values carry their intervals and the marks of the legend."""
+    if significance is None:
+        return value_table(cells, lambda c: c.metrics.get(metric), **kwargs)
+    _, marked = not_worse_than_best(cells, metric, significance)
+    table = value_table(
+        cells,
+        lambda c: c.metrics.get(metric),
+        interval_of=lambda c: significance.interval(c, metric),
+        marked=marked,
+        **kwargs,
+    )
+    table.notes = [legend(significance)] + table.notes
+    return table
+
+
+def legend(significance: Significance) -> str:
+    """The legend under a table with intervals and marks."""
+    s = significance.settings
+    return (
+        f"±: half-width of the {100 * s.level:g}% {s.method} bootstrap interval over queries ({s.resamples} "
+        f"resamples; exact bounds in results.csv; {MISSING} = no per-query scores). **bold** = best of its dataset "
+        f"and size; {SAME_AS_BEST} = not significantly worse than that best ({describe_test(s)} over all "
+        f"best-vs-other tests of this table, α = {significance.alpha:.2g}); "
+        "no mark = significantly worse, or not testable (no per-query scores). The means carry no interval."
+    )
 
 
 def coverage(cells: Sequence[Cell]) -> tuple[int, list[tuple[str, int, str]]]:
@@ -232,8 +282,12 @@ def coverage(cells: Sequence[Cell]) -> tuple[int, list[tuple[str, int, str]]]:
     return len(expected), [e for e in expected if e not in have]
 
 
-def tables_markdown(cells: Sequence[Cell], protocol: str) -> str:
-    """``tables.md`` of one protocol: coverage, one table per metric, then the time per cell."""
+def tables_markdown(cells: Sequence[Cell], protocol: str, significance: Significance | None = None) -> str:
+    """``tables.md`` of one protocol: coverage, one table per metric, then the time per cell.
+
+    With ``significance`` every value carries its interval and marks (legend under each table);
+    without, the paper's shape: values only.
+    """
     cells = [c for c in cells if c.protocol == protocol]
     n_expected, missing = coverage(cells)
     out = [
@@ -250,7 +304,7 @@ def tables_markdown(cells: Sequence[Cell], protocol: str) -> str:
         shown = ", ".join(f"{model_label(m)}/{dataset_label(d)}/{s}" for d, s, m in missing[:40])
         out += [f"Missing: {shown}{' …' if len(missing) > 40 else ''}", ""]
     for metric in metric_order(m for c in cells for m in c.metrics):
-        out += [f"## {metric} (%)", "", metric_table(cells, metric).markdown(), ""]
+        out += [f"## {metric} (%)", "", metric_table(cells, metric, significance).markdown(), ""]
     if any(is_finite(c.info.get("seconds_total")) for c in cells):
         table = value_table(
             cells, lambda c: c.info.get("seconds_total"), higher_is_better=False, digits=1, ranks=False, means=False

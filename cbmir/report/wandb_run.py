@@ -1,4 +1,5 @@
-"""The report as one W&B run (``job_type=report``): results and comparison tables, every figure as an image."""
+"""The report as one W&B run (``job_type=report``): results (with intervals), pairwise and paper comparison
+tables, every figure as an image."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cbmir.report.build import Report
+from cbmir.report.pairwise import PAIRWISE_COLUMNS
 from cbmir.report.tables import result_columns, result_rows
 
 
@@ -39,9 +41,13 @@ def log_to_wandb(
         payload: dict[str, Any] = {}
         for protocol in protocols:
             pcells = [c for c in report.cells if c.protocol == protocol]
-            columns = result_columns(pcells)
-            data = [[_wandb_value(row.get(c)) for c in columns] for row in result_rows(pcells)]
+            significance = report.significance.get(protocol)
+            columns = result_columns(pcells, intervals=significance is not None)
+            data = [[_wandb_value(row.get(c)) for c in columns] for row in result_rows(pcells, significance)]
             payload[f"{protocol}/results"] = wandb.Table(columns=columns, data=data)
+            if report.pairwise.get(protocol):
+                data = [[_wandb_value(r[c]) for c in PAIRWISE_COLUMNS] for r in report.pairwise[protocol]]
+                payload[f"{protocol}/pairwise"] = wandb.Table(columns=list(PAIRWISE_COLUMNS), data=data)
             for png in (f for f in report.files[protocol] if f.suffix == ".png"):
                 payload[f"{protocol}/{png.stem}"] = wandb.Image(str(png), caption=f"{protocol}: {png.stem}")
         if report.comparison:
