@@ -27,13 +27,13 @@ GOLDEN = ROOT / "tests" / "golden"
 TINY_CNN = ["model.arch=test_resnet.r160_in1k", "model.dim=96", "model.name=tiny_resnet"]
 
 
-def compose_config(overrides: list[str], *, hydra: bool = False):
+def compose_config(overrides: list[str], *, hydra: bool = False, config_name: str = "config"):
     """The real config tree composed with ``overrides``, as the command line would (``hydra``: with ``cfg.hydra``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
 
 
 @functools.cache

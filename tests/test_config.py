@@ -44,9 +44,20 @@ def check_model(name: str, cfg: DictConfig) -> None:
     assert backbone.identity["weights"] == "random"
 
 
+#: Primary configs at the top of conf/: a run (config.yaml) and a search index (index.yaml, the run's plus `index`).
+PRIMARY = {"config.yaml": (), "index.yaml": ("index",)}
+
+
 def check_dataset(name: str, cfg: DictConfig) -> None:
     from cbmir.cell import validate
+    from cbmir.errors import ConfigError
 
+    if cfg.dataset.get("kind", "medmnist") != "medmnist":  # own data: the user names it and points at the files
+        assert cfg.dataset.kind == name and cfg.dataset.name is None
+        cfg.size = 32
+        with pytest.raises(ConfigError, match="dataset.name"):
+            validate(cfg)
+        return
     assert cfg.dataset.name == name == cfg.dataset.flag
     for size in cfg.dataset.sizes:
         cfg.size = size
@@ -114,9 +125,10 @@ def defaults_of(path: Path) -> list[str]:
 def test_every_config_file_composes(file: str):
     group, name = Path(file).parent.as_posix(), Path(file).stem
     if group == ".":
-        assert file == "config.yaml", f"conf/{file}: only config.yaml belongs at the top"
-        cfg = compose_config([])
+        assert file in PRIMARY, f"conf/{file}: only {sorted(PRIMARY)} belong at the top"
+        cfg = compose_config([], config_name=name)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        assert set(cfg) == set(compose_config([])) | set(PRIMARY[file])
         return
     if name.startswith("_"):  # a base: composed through the files that use it
         users = [n for n in config_names(group, CONF_DIR) if name in defaults_of(CONF_DIR / group / f"{n}.yaml")]
