@@ -130,6 +130,20 @@ def test_sign_flip_matches_scipy_permutation_test():
     assert ours == pytest.approx(ref, abs=0.015)
 
 
+def test_sign_flip_counts_ties_of_discrete_scores():
+    """Hits (0/1) tie often: |T*| = |T| must count as extreme, in the pairwise and the one-sample path alike.
+
+    d = a - b has five +1, one -1 and six 0: exactly, P(|Σ s d| >= 4) = 2 (1 + 6) / 64, of which 12/64 are ties.
+    """
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0], dtype=float)
+    b = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0], dtype=float)
+    s = StatsSettings(resamples=20000, seed=3, correction="none")
+    exact = 14 / 64
+    pair = compare_models({"a": {"ACC@1": a}, "b": {"ACC@1": b}}, [("a", "b")], s).comparisons[0]
+    assert pair.p_value == pytest.approx(exact, abs=0.01)
+    assert sign_flip_pvalues((a - b)[:, None], np.full(12, 1 / 12), s)[0] == pytest.approx(exact, abs=0.01)
+
+
 def test_paired_test_small_for_a_real_shift_not_under_the_null():
     rng = np.random.default_rng(11)
     base = rng.random(500)
