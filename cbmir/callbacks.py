@@ -16,9 +16,10 @@ from cbmir import __version__
 from cbmir.diagnostics import hubness, leakage_audit
 from cbmir.logs import get_logger
 from cbmir.metrics import class_membership, per_class, per_query_scores, relevance, summarize
+from cbmir.paired import metric_intervals
 from cbmir.per_query import write_per_query
 from cbmir.search import search, search_excluding_group
-from cbmir.stats import StatsSettings, metric_intervals
+from cbmir.stats import StatsSettings
 from cbmir.store import atomic_save_npy, atomic_write_json
 
 log = get_logger(__name__)

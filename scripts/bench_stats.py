@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from cbmir.metrics import class_membership
+from cbmir.paired import compare_models
 from cbmir.per_query import read_per_query, write_per_query
 from cbmir.ranks import draw_cd_diagram, rank_models
-from cbmir.stats import StatsSettings, compare_models
+from cbmir.stats import StatsSettings
 
 #: (dataset, test-split queries, classes) of the paper grid; 2D at 4 sizes, 3D at 2
 DATASETS = [

@@ -5,18 +5,14 @@ import pytest
 from scipy import stats as sps
 
 from cbmir.errors import ConfigError
+from cbmir.paired import adjust_pvalues, compare_models, holm, metric_intervals, sign_flip_pvalues
 from cbmir.ranks import critical_difference, draw_cd_diagram, rank_models
 from cbmir.stats import (
     StatsSettings,
-    adjust_pvalues,
-    compare_models,
-    holm,
     interval,
     jackknife_means,
-    metric_intervals,
     resample_counts,
     resampled_means,
-    sign_flip_pvalues,
 )
 
 

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from cbmir.metrics import per_query_scores
+from cbmir.paired import metric_intervals
 from cbmir.per_query import write_per_query
 from cbmir.report.build import build_report
 from cbmir.report.collect import find_result_files, load_cells
 from cbmir.report.naming import metric_order
 from cbmir.report.tables import metric_table
-from cbmir.stats import StatsSettings, metric_intervals
+from cbmir.stats import StatsSettings
 
 from .result_files import read_csv, write_result
 
