@@ -9,6 +9,7 @@ all pixel work happens batched on the device, never per item.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import zipfile
@@ -20,6 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from cbmir.errors import ConfigError, DataError
+from cbmir.integrity import fingerprint, problem
+from cbmir.locks import FileLock
 from cbmir.logs import get_logger
 
 log = get_logger(__name__)
@@ -108,12 +111,20 @@ def _extract_member(zf: zipfile.ZipFile, member: str, dest: Path) -> None:
 def split_arrays(npz: Path, *, expected_md5: str | None = None) -> Path:
     """Stream every array of ``npz`` into ``<stem>/<key>.npy`` once; return that folder.
 
-    A finished folder carries a ``.complete`` marker, so a crash mid-way restarts cleanly.
+    A finished folder carries a ``.complete`` marker (each file's size and checksum), so a crash
+    mid-way restarts cleanly and :func:`split_problem` can tell a damaged file later.
     """
     out = npz.with_suffix("")
     marker = out / ".complete"
     if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
         return out
+    with FileLock(npz.with_name(npz.name + ".lock")).acquire():  # one process extracts; the others wait, then reuse
+        if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
+            return out
+        return _split_arrays(npz, out, marker, expected_md5)
+
+
+def _split_arrays(npz: Path, out: Path, marker: Path, expected_md5: str | None) -> Path:
     if expected_md5 is not None:
         got = md5sum(npz)
         if got != expected_md5:
@@ -135,8 +146,20 @@ def split_arrays(npz: Path, *, expected_md5: str | None = None) -> Path:
         raise DataError(
             f"{npz} is corrupt ({exc.__class__.__name__}: {exc}); delete it and run again to re-download it."
         ) from exc
-    marker.touch()
+    marker.write_text(json.dumps({name: fingerprint(out / name) for name in names}, indent=1))
     return out
+
+
+def split_problem(folder: Path, split: str) -> str | None:
+    """Why the extracted files of ``split`` cannot be trusted (``None``: they match their recorded checksums)."""
+    try:
+        recorded = json.loads((folder / ".complete").read_text())
+    except (FileNotFoundError, ValueError):
+        return "no checksums were recorded for its files"
+    for name in (f"{split}_images.npy", f"{split}_labels.npy"):
+        if reason := problem(folder / name, recorded.get(name)):
+            return f"{name}: {reason}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -159,8 +182,8 @@ class Split:
 
 def load_split(folder: Path, flag: str, size: int, split: str) -> Split:
     try:
-        images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
-        labels = np.asarray(np.load(folder / f"{split}_labels.npy"), dtype=np.int64)
+        images = np.load(folder / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+        labels = np.asarray(np.load(folder / f"{split}_labels.npy", allow_pickle=False), dtype=np.int64)
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder} holds an unreadable {split} split ({exc}); delete the folder to rebuild it") from exc
     if labels.ndim == 1:
@@ -182,6 +205,12 @@ def open_split(cfg_dataset, size: int, data_dir: str | Path, split: str, *, volu
     npz = ensure_file(flag, size, data_dir, download=bool(cfg_dataset.get("download", True)))
     md5 = source_of(flag, size)[1] if cfg_dataset.get("verify_md5", True) else None
     folder = split_arrays(npz, expected_md5=md5)
+    if reason := split_problem(folder, split):
+        log.warning("%s: %s; extracting its arrays again from %s", folder, reason, npz.name)
+        (folder / ".complete").unlink(missing_ok=True)
+        folder = split_arrays(npz, expected_md5=md5)
+        if reason := split_problem(folder, split):
+            raise DataError(f"{folder}: {reason} right after extraction; the disk may be failing")
     loaded = load_split(folder, flag, size, split)
     if volume_side is None or loaded.images.ndim != 4 or loaded.images.shape[1:] == (volume_side,) * 3:
         return loaded
@@ -221,7 +250,7 @@ def resized_volumes(folder: Path, split: str, images: np.ndarray, side: int, chu
         out.flush()
         del out
         os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 class ImageArrayDataset(Dataset):
