@@ -31,6 +31,7 @@ from cbmir.loggers import close_loggers, make_loggers
 from cbmir.logs import get_logger
 from cbmir.metrics import TIE_RULES
 from cbmir.search import METRICS
+from cbmir.secrets import redact
 from cbmir.stats import StatsSettings
 from cbmir.store import EmbeddingWriter, cache_path, entry_problem, reusable
 
@@ -288,7 +289,7 @@ def compute_cell(
             "cached": {role: role not in todo for role in ROLE_SPLIT},
             "precision": resolve_precision(cfg),
             "versions": versions(),
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": redact(OmegaConf.to_container(cfg, resolve=True)),
         }
         if volume is not None:
             record["volume"] = fields["database"]["volume"]
