@@ -26,7 +26,7 @@ from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_
 from cbmir.errors import ConfigError, InvalidCellError, LockBusyError, NonFiniteEmbeddingError
 from cbmir.files import require_space
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
-from cbmir.locks import FileLock
+from cbmir.locks import FileLock, LockTimeout, lock_path
 from cbmir.loggers import close_loggers, make_loggers
 from cbmir.logs import get_logger
 from cbmir.metrics import TIE_RULES
@@ -65,8 +65,9 @@ def validate(cfg: DictConfig) -> None:
     floor = cfg.get("min_forward_batch", 1)
     if not isinstance(floor, int) or not 1 <= floor <= cfg.max_forward_batch:
         raise ConfigError(f"min_forward_batch must be an integer in [1, max_forward_batch], got {floor!r}")
-    if not isinstance(cfg.get("lock_wait", 0), (int, float)) or cfg.get("lock_wait", 0) < 0:
-        raise ConfigError(f"lock_wait must be a number of seconds >= 0, got {cfg.get('lock_wait')!r}")
+    wait = cfg.get("lock_wait")
+    if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
+        raise ConfigError(f"lock_wait must be null (wait while the holder runs) or seconds >= 0, got {wait!r}")
     volume_spec(cfg)
     StatsSettings.from_config(cfg.get("stats"))
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
@@ -181,19 +182,30 @@ def _finished(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
 
 
 def _lock_cell(cfg: DictConfig, out: Path) -> FileLock | None:
-    """Rank 0 takes the cell's lock (other ranks follow rank 0); a live holder elsewhere means the cell is busy."""
+    """Rank 0 takes the cell's lock (other ranks follow rank 0), waiting ``lock_wait`` seconds (null: while its
+    holder lives); a live holder past that means the cell is being computed elsewhere."""
     if _rank() != 0:
         return None
-    lock = FileLock(out / ".lock")
+    wait = None if _multi_process() or cfg.get("lock_wait") is None else float(cfg.lock_wait)
+    lock = FileLock(lock_path(out), timeout=wait)
     try:
-        return lock.acquire(timeout=None if _multi_process() else float(cfg.get("lock_wait", 0)))
-    except LockBusyError as exc:
+        return lock.acquire()
+    except LockTimeout:
+        holder = _lock_holder(lock.path)
         raise LockBusyError(
-            exc.path,
-            exc.holder,
-            f"{cell_name(cfg)} is being computed by {exc.holder} (lock {exc.path}); its result will appear in "
-            f"{out}. Rerun later, or set lock_wait=SECONDS to wait for it.",
+            lock.path,
+            holder,
+            f"{cell_name(cfg)} is being computed by {holder} (lock {lock.path}); its result will appear in "
+            f"{out}. Rerun later, or set lock_wait=SECONDS (null: as long as it runs) to wait for it.",
         ) from None
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        held = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "another process"
+    return f"process {held.get('pid')} on {held.get('host')}"
 
 
 def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
@@ -236,7 +248,7 @@ def _lock_entries(targets: dict[str, Path]) -> dict[str, FileLock]:
         return {}
     locks = {}
     for role, path in sorted(targets.items(), key=lambda item: str(item[1])):
-        locks[role] = FileLock(path.with_name(path.name + ".lock")).acquire(timeout=None)
+        locks[role] = FileLock(lock_path(path)).acquire()
     return locks
 
 

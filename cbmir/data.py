@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from cbmir.errors import ConfigError, DataError
 from cbmir.integrity import fingerprint, problem
-from cbmir.locks import FileLock
+from cbmir.locks import exclusive, lock_path
 from cbmir.logs import get_logger
 
 log = get_logger(__name__)
@@ -118,7 +118,7 @@ def split_arrays(npz: Path, *, expected_md5: str | None = None) -> Path:
     marker = out / ".complete"
     if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
         return out
-    with FileLock(npz.with_name(npz.name + ".lock")).acquire():  # one process extracts; the others wait, then reuse
+    with exclusive(lock_path(out)):  # one process extracts; the others wait, then reuse
         if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
             return out
         return _split_arrays(npz, out, marker, expected_md5)

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, base_overrides
 
+from cbmir.locks import lock_path
+
 pytestmark = pytest.mark.slow
 
 CELL = ["dataset=bloodmnist", "size=28"]
@@ -93,7 +95,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(data_dir, tmp_path, clea
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     cell = out / "results" / "paper" / "bloodmnist" / "28" / "tiny_resnet"
     assert not (cell / "result.json").exists(), "a killed cell must not look finished"
-    assert (cell / ".lock").exists()  # the dead process's lock, to be broken as stale
+    assert lock_path(cell).exists()  # the dead process's lock, to be broken as stale
     cache = out / "cache" / "embeddings" / "tiny_resnet"
     sealed = sorted(p.name for p in cache.glob("*.json"))
     if left_behind == "database.shards":
@@ -105,7 +107,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(data_dir, tmp_path, clea
 
     rerun = cli(*base_overrides(data_dir, out), *CELL)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "breaking the stale lock" in rerun.stdout + rerun.stderr
+    assert "breaking stale lock" in rerun.stdout + rerun.stderr
     assert json.loads((cell / "result.json").read_text())["cached"] == cached
     assert_same(snapshot(out), clean_cell)
     assert leftovers(out) == []
@@ -115,19 +117,19 @@ def test_two_processes_on_one_cell_never_write_together(data_dir, tmp_path, clea
     out = tmp_path / "out"
     args = [*base_overrides(data_dir, out), *CELL]
     first = cli(*args, popen=True)
-    lock = out / "results" / "paper" / "bloodmnist" / "28" / "tiny_resnet" / ".lock"
+    lock = lock_path(out / "results" / "paper" / "bloodmnist" / "28" / "tiny_resnet")
     deadline = time.monotonic() + 120
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(first.pid, signal.SIGSTOP)  # hold the first one mid-cell, its lock taken
     try:
         assert lock.exists(), "the first process finished before it could be held"
-        second = cli(*args)
+        second = cli(*args, "lock_wait=0")
         assert second.returncode == 2
         assert f"is being computed by process {first.pid}" in second.stderr
-        waiter = cli(*args, "lock_wait=300", popen=True)
+        waiter = cli(*args, popen=True)  # lock_wait=null: waits while the holder lives
         time.sleep(3)
-        assert waiter.poll() is None, "lock_wait must wait while the holder lives"
+        assert waiter.poll() is None, "the default must wait while the holder lives"
     finally:
         os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
@@ -143,12 +145,10 @@ def test_two_processes_started_together(data_dir, tmp_path, clean_cell):
     procs = [cli(*args, popen=True) for _ in range(2)]
     outputs = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
     codes = sorted(code for code, _ in outputs)
-    # one computes; the other either found the cell busy (exit 2) or ran after it (exit 0)
-    assert codes in ([0, 0], [0, 2]), outputs
-    for code, text in outputs:
+    # one computes; the other waits for its lock and then recomputes (overwrite=true), never alongside it
+    assert codes == [0, 0], outputs
+    for _, text in outputs:
         assert "Traceback" not in text, text[-3000:]
-        if code == 2:
-            assert "is being computed by process" in text
     assert_same(snapshot(out), clean_cell)
     assert leftovers(out) == []
 
