@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
-from cbmir import __version__
+from cbmir import __version__, faults
 from cbmir.diagnostics import hubness, leakage_audit
+from cbmir.errors import NonFiniteEmbeddingError
 from cbmir.logs import get_logger
 from cbmir.metrics import class_membership, per_class, per_query_scores, relevance, summarize
 from cbmir.paired import metric_intervals
@@ -23,6 +24,11 @@ from cbmir.stats import StatsSettings
 from cbmir.store import atomic_save_npy, atomic_write_json
 
 log = get_logger(__name__)
+
+
+def nonfinite_rows(array: np.ndarray, chunk: int = 65536) -> int:
+    """Rows with a NaN or Inf, counted in bounded-memory chunks (a memory-mapped file is read once)."""
+    return sum(int((~np.isfinite(array[i : i + chunk])).any(axis=1).sum()) for i in range(0, len(array), chunk))
 
 
 @dataclass
@@ -86,8 +92,11 @@ class RetrievalEvaluator(Callback):
 
     def evaluate(self) -> dict[str, Any]:
         c = self.cell
-        database = np.load(c.embeddings["database"], mmap_mode="r")
-        queries = np.load(c.embeddings["query"], mmap_mode="r")
+        database = np.load(c.embeddings["database"], mmap_mode="r", allow_pickle=False)
+        queries = np.load(c.embeddings["query"], mmap_mode="r", allow_pickle=False)
+        for role, array in (("database", database), ("query", queries)):
+            if bad := nonfinite_rows(array):
+                raise NonFiniteEmbeddingError(f"{bad} of {len(array)} {role} embeddings hold NaN or Inf", bad)
         index_gb = database.nbytes / 1e9
         log.info(
             "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
@@ -108,6 +117,7 @@ class RetrievalEvaluator(Callback):
         atomic_save_npy(c.out_dir / "distances.npy", distances)
         write_per_query(c.out_dir, self.scores, c.labels["query"])
         gallery = self.render_gallery(neighbors) if c.images is not None and c.gallery else None
+        faults.hit("before_result")
         result = {
             **c.record,
             "k": c.k,

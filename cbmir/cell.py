@@ -2,10 +2,13 @@
 
 A cell is idempotent: its result lives at a deterministic path, and a finished cell
 is skipped unless ``overwrite=true``, so a broken sweep resumes where it stopped.
+One process computes a cell at a time (a lock file in its folder, another per cache entry);
+a cache entry is reused only when its recorded size and checksum match.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -17,16 +20,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from cbmir import faults
 from cbmir.callbacks import CellResult, RetrievalEvaluator
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_splits
-from cbmir.errors import ConfigError, InvalidCellError
+from cbmir.errors import ConfigError, InvalidCellError, LockBusyError, NonFiniteEmbeddingError
+from cbmir.files import require_space
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
+from cbmir.locks import FileLock, LockTimeout, lock_path
 from cbmir.loggers import close_loggers, make_loggers
 from cbmir.logs import get_logger
 from cbmir.metrics import TIE_RULES
 from cbmir.search import METRICS
+from cbmir.secrets import redact
 from cbmir.stats import StatsSettings
-from cbmir.store import EmbeddingWriter, cache_path, write_sidecar
+from cbmir.store import EmbeddingWriter, cache_path, entry_problem, reusable
 
 log = get_logger(__name__)
 
@@ -60,6 +67,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.family {cfg.model.get('family')!r} is not registered; known: {families()}")
     if not isinstance(cfg.max_forward_batch, int) or cfg.max_forward_batch < 1:
         raise ConfigError(f"max_forward_batch must be a positive integer, got {cfg.max_forward_batch!r}")
+    floor = cfg.get("min_forward_batch", 1)
+    if not isinstance(floor, int) or not 1 <= floor <= cfg.max_forward_batch:
+        raise ConfigError(f"min_forward_batch must be an integer in [1, max_forward_batch], got {floor!r}")
+    wait = cfg.get("lock_wait")
+    if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
+        raise ConfigError(f"lock_wait must be null (wait while the holder runs) or seconds >= 0, got {wait!r}")
     volume_spec(cfg)
     StatsSettings.from_config(cfg.get("stats"))
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
@@ -175,17 +188,104 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
 
 
-def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
-    """Run one cell; return its result dict on rank 0 (``None`` on other ranks)."""
-    from cbmir.models import build_backbone
+def _multi_process() -> bool:
+    """A torchrun/SLURM launch: ranks decide from files in step, so rank 0 waits for locks instead of giving up."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    validate(cfg)
-    out = cell_dir(cfg)
+
+def _finished(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
     result_file = out / "result.json"
     if result_file.exists() and not cfg.overwrite:
         log.info("%s: finished already (%s); overwrite=true recomputes it", cell_name(cfg), result_file)
         return json.loads(result_file.read_text())
+    return None
 
+
+def _lock_cell(cfg: DictConfig, out: Path) -> FileLock | None:
+    """Rank 0 takes the cell's lock (other ranks follow rank 0), waiting ``lock_wait`` seconds (null: while its
+    holder lives); a live holder past that means the cell is being computed elsewhere."""
+    if _rank() != 0:
+        return None
+    wait = None if _multi_process() or cfg.get("lock_wait") is None else float(cfg.lock_wait)
+    lock = FileLock(lock_path(out), timeout=wait)
+    try:
+        return lock.acquire()
+    except LockTimeout:
+        holder = _lock_holder(lock.path)
+        raise LockBusyError(
+            lock.path,
+            holder,
+            f"{cell_name(cfg)} is being computed by {holder} (lock {lock.path}); its result will appear in "
+            f"{out}. Rerun later, or set lock_wait=SECONDS (null: as long as it runs) to wait for it.",
+        ) from None
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        held = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "another process"
+    return f"process {held.get('pid')} on {held.get('host')}"
+
+
+def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
+    """Run one cell; return its result dict on rank 0 (``None`` on other ranks)."""
+    validate(cfg)
+    out = cell_dir(cfg)
+    if (done := _finished(cfg, out)) is not None:
+        return done
+    lock = _lock_cell(cfg, out)
+    try:
+        if lock is not None and not _multi_process() and (done := _finished(cfg, out)) is not None:
+            return done  # another process finished it while this one waited
+        if lock is not None and cfg.overwrite:
+            (out / "result.json").unlink(missing_ok=True)  # an interrupted overwrite leaves no stale result
+        try:
+            result = compute_cell(cfg, group=group)
+        except NonFiniteEmbeddingError as exc:
+            precision = resolve_precision(cfg)
+            if cfg.precision != "auto" or precision == "32-true":
+                advice = (
+                    f"run with precision=32-true (this run used {precision})"
+                    if precision != "32-true"
+                    else "they are not a precision overflow: check the model's weights and preprocessing"
+                )
+                raise NonFiniteEmbeddingError(f"{cell_name(cfg)}: {exc}; {advice}", exc.bad_rows) from exc
+            log.warning("%s: %s under %s; recomputing in fp32 (precision=32-true)", cell_name(cfg), exc, precision)
+            fp32 = copy.deepcopy(cfg)
+            fp32.precision = "32-true"
+            result = compute_cell(fp32, group=group, fallback={"from": precision, "bad_rows": exc.bad_rows})
+        faults.hit("after_cell")
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_entries(targets: dict[str, Path]) -> dict[str, FileLock]:
+    """Rank 0 locks every cache entry of the cell, in path order (no deadlock between cells sharing entries)."""
+    if _rank() != 0:
+        return {}
+    locks = {}
+    for role, path in sorted(targets.items(), key=lambda item: str(item[1])):
+        locks[role] = FileLock(lock_path(path)).acquire()
+    return locks
+
+
+def _cached(path: Path, fields: dict[str, Any]) -> bool:
+    """A sound cache entry; rank 0 removes a damaged one (with a warning), other ranks only look."""
+    if _rank() == 0:
+        return reusable(path, fields)
+    return path.exists() and entry_problem(path, fields) is None
+
+
+def compute_cell(
+    cfg: DictConfig, *, group: str | None = None, fallback: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Extract what the cache lacks, evaluate and write the result (the caller holds the cell's lock)."""
+    from cbmir.models import build_backbone
+
+    out = cell_dir(cfg)
     t_start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     side, volume = volume_side(cfg), volume_spec(cfg)
@@ -204,55 +304,65 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         for role in ROLE_SPLIT
     }
     targets = {role: cache_path(cache_root, fields[role]) for role in ROLE_SPLIT}
-    todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and targets[role].exists())]
-    for role in ROLE_SPLIT:
-        if role not in todo:
-            log.info("%s: %s embeddings from cache (%s)", cell_name(cfg), role, targets[role])
-
-    record = {
-        "protocol": protocol_id(cfg),
-        "dataset": dataset_id(cfg),
-        "size": cfg.size,
-        "model": model_id(cfg),
-        "unit_norm": backbone.unit_norm,
-        "cached": {role: role not in todo for role in ROLE_SPLIT},
-        "precision": resolve_precision(cfg),
-        "versions": versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    if volume is not None:
-        record["volume"] = fields["database"]["volume"]
-    own = origin["database"] is not None
-    if own:
-        record["sources"] = {role: str(origin[role].metadata) for role in ROLE_SPLIT}
-        record["sources"]["root"] = origin["database"].root
-        record["skipped_files"] = list(origin["database"].skipped)
-    cell = CellResult(
-        out_dir=out,
-        embeddings=targets,
-        labels={role: splits[role].labels for role in ROLE_SPLIT},
-        k=cfg.k,
-        metric=cfg.protocol.metric,
-        ties=cfg.protocol.vote_ties,
-        standard_metrics=bool(cfg.protocol.standard_metrics),
-        record=record,
-        started=t_start,
-        images={role: splits[role].images for role in ROLE_SPLIT},
-        gallery=bool(cfg.gallery),
-        stats=StatsSettings.from_config(cfg.get("stats")),
-        class_names=origin["database"].class_names if own else dataset_facts(cfg.dataset).class_names,
-        groups={role: origin[role].groups for role in ROLE_SPLIT} if own else None,
-        exclude_same_group=bool(cfg.protocol.get("exclude_same_group", False)),
-        names={role: origin[role].sources for role in ROLE_SPLIT} if own else None,
-    )
-    loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
-    evaluator = RetrievalEvaluator(cell, loggers)
+    entry_locks = _lock_entries(targets)
+    loggers: list = []
     try:
+        todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and _cached(targets[role], fields[role]))]
+        for role in ROLE_SPLIT:
+            if role not in todo:
+                log.info("%s: %s embeddings from cache (%s)", cell_name(cfg), role, targets[role])
+            elif role in entry_locks:
+                targets[role].with_name(targets[role].name + ".tmp.npy").unlink(missing_ok=True)  # a crashed merge's
+
+        record = {
+            "protocol": protocol_id(cfg),
+            "dataset": dataset_id(cfg),
+            "size": cfg.size,
+            "model": model_id(cfg),
+            "unit_norm": backbone.unit_norm,
+            "cached": {role: role not in todo for role in ROLE_SPLIT},
+            "precision": resolve_precision(cfg),
+            "versions": versions(),
+            "config": redact(OmegaConf.to_container(cfg, resolve=True)),
+        }
+        if volume is not None:
+            record["volume"] = fields["database"]["volume"]
+        if fallback is not None:
+            record["precision_fallback"] = fallback
+        own = origin["database"] is not None
+        if own:
+            record["sources"] = {role: str(origin[role].metadata) for role in ROLE_SPLIT}
+            record["sources"]["root"] = origin["database"].root
+            record["skipped_files"] = list(origin["database"].skipped)
+        cell = CellResult(
+            out_dir=out,
+            embeddings=targets,
+            labels={role: splits[role].labels for role in ROLE_SPLIT},
+            k=cfg.k,
+            metric=cfg.protocol.metric,
+            ties=cfg.protocol.vote_ties,
+            standard_metrics=bool(cfg.protocol.standard_metrics),
+            record=record,
+            started=t_start,
+            images={role: splits[role].images for role in ROLE_SPLIT},
+            gallery=bool(cfg.gallery),
+            stats=StatsSettings.from_config(cfg.get("stats")),
+            class_names=origin["database"].class_names if own else dataset_facts(cfg.dataset).class_names,
+            groups={role: origin[role].groups for role in ROLE_SPLIT} if own else None,
+            exclude_same_group=bool(cfg.protocol.get("exclude_same_group", False)),
+            names={role: origin[role].sources for role in ROLE_SPLIT} if own else None,
+        )
+        loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
+        evaluator = RetrievalEvaluator(cell, loggers)
         if todo:
             for role in todo:
                 targets[role].parent.mkdir(parents=True, exist_ok=True)
             dim = volume.embedding_dim(backbone.dim, side) if volume else backbone.dim
-            writer = EmbeddingWriter([targets[r] for r in todo], [len(splits[r]) for r in todo], dim)
+            if _rank() == 0:  # shards and the merged file side by side, at the worst
+                require_space(targets[todo[0]].parent, sum(2 * len(splits[r]) * dim * 4 for r in todo))
+            writer = EmbeddingWriter(
+                [targets[r] for r in todo], [len(splits[r]) for r in todo], dim, [fields[r] for r in todo]
+            )
             trainer = build_trainer(cfg, [writer, evaluator], out)
             from cbmir.extract import EmbeddingModule
 
@@ -261,18 +371,18 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
                 min_source_size=None if volume else cfg.protocol.min_source_size,
                 volume=volume,
                 max_forward_batch=cfg.max_forward_batch,
+                min_forward_batch=cfg.get("min_forward_batch", 1),
             )
             if cfg.compile:
                 module.backbone = torch.compile(module.backbone)
             record["device"] = str(trainer.strategy.root_device)
             record["world_size"] = trainer.world_size
-            if trainer.is_global_zero:
-                for role in todo:
-                    write_sidecar(targets[role], fields[role])
             trainer.predict(module, dataloaders=[make_loader(splits[r], cfg) for r in todo], return_predictions=False)
         else:
             evaluator.evaluate()
         return evaluator.result
     finally:
         close_loggers(loggers)
+        for entry_lock in entry_locks.values():
+            entry_lock.release()
         _barrier()

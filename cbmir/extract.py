@@ -8,8 +8,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from cbmir.errors import ConfigError
+from cbmir import faults
+from cbmir.errors import CbmirError, ConfigError
+from cbmir.logs import get_logger
 from cbmir.models.base import Backbone, Preprocess
+
+log = get_logger(__name__)
 
 # ITU-R 601-2 luma in PIL's fixed-point form: L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16.
 LUMA_FIXED = (19595, 38470, 7471)
@@ -136,7 +140,9 @@ class EmbeddingModule(L.LightningModule):
     """Inference-only: ``predict_step`` turns a uint8 batch into ``(index, embedding)``.
 
     Volumes (with a ``volume`` spec) become one batch of slices, embedded in chunks of at
-    most ``max_forward_batch`` images, and are reassembled per volume on the device.
+    most ``max_forward_batch`` images, and are reassembled per volume on the device. A CUDA
+    out-of-memory error halves the chunk and retries, down to ``min_forward_batch``; the
+    smaller chunk is kept for the rest of the run (eval mode: the embeddings do not depend on it).
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class EmbeddingModule(L.LightningModule):
         min_source_size: int | None = None,
         volume: VolumeSpec | None = None,
         max_forward_batch: int = 512,
+        min_forward_batch: int = 1,
     ):
         super().__init__()
         self.backbone = backbone.net
@@ -153,15 +160,36 @@ class EmbeddingModule(L.LightningModule):
         self.min_source_size = min_source_size
         self.volume = volume
         self.max_forward_batch = max_forward_batch
+        self.min_forward_batch = min_forward_batch
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        faults.forward(len(images))
+        x = preprocess(images, self.spec, min_source_size=self.min_source_size)
+        return self.backbone(x.contiguous(memory_format=input_layout(x))).float()
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for start in range(0, len(images), self.max_forward_batch):
-            x = preprocess(
-                images[start : start + self.max_forward_batch], self.spec, min_source_size=self.min_source_size
-            )
-            outs.append(self.backbone(x.contiguous(memory_format=input_layout(x))).float())
+        outs, start = [], 0
+        while start < len(images):
+            chunk = images[start : start + self.max_forward_batch]
+            try:
+                outs.append(self._forward(chunk))
+                start += len(chunk)
+                continue
+            except torch.cuda.OutOfMemoryError as exc:
+                self._shrink(len(chunk), exc)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # outside the handler: the failed pass's tensors are released by now
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def _shrink(self, failed: int, exc: BaseException) -> None:
+        """Halve the forward chunk after an out-of-memory error, or give up at the floor."""
+        if failed <= self.min_forward_batch:
+            raise CbmirError(
+                f"CUDA out of memory at a forward pass of {failed} images (min_forward_batch="
+                f"{self.min_forward_batch}): lower batch_size, run a smaller size, or use precision=bf16-mixed"
+            ) from exc
+        self.max_forward_batch = max(self.min_forward_batch, failed // 2)
+        log.warning("out of memory at a forward pass of %d images; retrying with %d", failed, self.max_forward_batch)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.volume is None:

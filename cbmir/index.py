@@ -161,7 +161,9 @@ def build_index(cfg: DictConfig) -> Path:
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    embeddings = _copy_rows(partial / EMBEDDINGS, [np.load(cache[r], mmap_mode="r") for r in roles], np.float32)
+    embeddings = _copy_rows(
+        partial / EMBEDDINGS, [np.load(cache[r], mmap_mode="r", allow_pickle=False) for r in roles], np.float32
+    )
     labels = np.concatenate([splits[r].labels for r in roles]).astype(np.int64)
     np.save(partial / LABELS, labels)
     write_items(partial / ITEMS, _items(cfg, splits, class_names))
@@ -216,7 +218,10 @@ def build_index(cfg: DictConfig) -> Path:
     }
     del embeddings
     # the query path must give the evaluation's vectors: refuse an index that a reopened model would not answer
-    QueryEmbedder(manifest).check(np.load(partial / PROBE), np.load(partial / EMBEDDINGS, mmap_mode="r")[0])
+    QueryEmbedder(manifest).check(
+        np.load(partial / PROBE, allow_pickle=False),
+        np.load(partial / EMBEDDINGS, mmap_mode="r", allow_pickle=False)[0],
+    )
     folder = finish(partial, target.resolve(), manifest)
     log.info("index of %d items written to %s", manifest["n_items"], folder)
     return folder

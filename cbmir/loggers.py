@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cbmir.layout import model_id
 from cbmir.logs import get_logger
+from cbmir.secrets import redact, redacted_argv
 
 log = get_logger(__name__)
 
@@ -39,20 +40,21 @@ def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None
             job_type="cell",
             save_dir=str(save_dir),
             mode=mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=redact(OmegaConf.to_container(cfg, resolve=True)),
         )
         # Flat keys W&B can group and filter on, whatever the nesting of the config.
-        wandb_logger.experiment.config.update(
-            {
-                "cell/model": model_id(cfg),
-                "cell/dataset": cfg.dataset.name,
-                "cell/size": cfg.size,
-                "cell/protocol": cfg.protocol.name,
-                "cell/metric": cfg.protocol.metric,
-                "cell/sweep": group or "single",
-            },
-            allow_val_change=True,
-        )
+        with redacted_argv():  # the run starts here, and W&B records the command line in its metadata
+            wandb_logger.experiment.config.update(
+                {
+                    "cell/model": model_id(cfg),
+                    "cell/dataset": cfg.dataset.name,
+                    "cell/size": cfg.size,
+                    "cell/protocol": cfg.protocol.name,
+                    "cell/metric": cfg.protocol.metric,
+                    "cell/sweep": group or "single",
+                },
+                allow_val_change=True,
+            )
         loggers.append(wandb_logger)
     return loggers
 
@@ -79,4 +81,4 @@ def _flat_config(cfg: DictConfig) -> dict:
             else:
                 yield f"{prefix}{key}", value
 
-    return dict(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    return dict(flatten(redact(OmegaConf.to_container(cfg, resolve=True))))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cbmir.files import writing
 from cbmir.metrics import per_query_scores
 
 FILE_NAME = "per_query.npz"
@@ -36,8 +37,9 @@ def write_per_query(out_dir: Path, scores: Mapping[str, np.ndarray], query_label
         raise ValueError(f"metric names {sorted(clash)} collide with the file's own arrays")
     path = Path(out_dir) / FILE_NAME
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, query_index=np.arange(len(labels), dtype=np.int64), label=labels, **arrays)
-    os.replace(tmp, path)
+    with writing(path, labels.nbytes + sum(a.nbytes for a in arrays.values()) + 8 * len(labels) + 4096, tmp):
+        np.savez(tmp, query_index=np.arange(len(labels), dtype=np.int64), label=labels, **arrays)
+        os.replace(tmp, path)
     return path
 
 
@@ -66,7 +68,7 @@ def recompute_per_query(
     scores = per_query_scores(
         query_labels,
         database_labels,
-        np.load(cell_dir / "neighbors.npy"),
+        np.load(cell_dir / "neighbors.npy", allow_pickle=False),
         k=int(result["k"]),
         ties=protocol.get("vote_ties", "optimistic"),
         standard=standard,
@@ -75,6 +77,6 @@ def recompute_per_query(
     if standard and with_embeddings and paths and all(p.exists() for p in paths.values()):
         from cbmir.metrics_at_r import metrics_at_r
 
-        db, q = (np.load(paths[role], mmap_mode="r") for role in ("database", "query"))
+        db, q = (np.load(paths[role], mmap_mode="r", allow_pickle=False) for role in ("database", "query"))
         scores |= metrics_at_r(db, q, database_labels, query_labels, result["metric"])
     return {name: 100.0 * v for name, v in scores.items()}

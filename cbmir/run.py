@@ -18,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cbmir.errors import CbmirError, ConfigError, InvalidCellError
+from cbmir import sweep
+from cbmir.errors import CbmirError, ConfigError, InvalidCellError, LockBusyError
 from cbmir.layout import CONF_DIR, cell_name
 from cbmir.logs import get_logger
 
@@ -62,10 +63,21 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     _one_output_path()
     name = cell_name(cfg)
+    if multirun and sweep.interrupted():
+        return {"cell": name, "status": "not run", "message": "the sweep was interrupted (Ctrl-C) before it"}
     try:
         check_launch(cfg, multirun)
-        result = run_cell(cfg, group=_sweep_group(multirun))
+        with sweep.interruptible_cell():
+            result = run_cell(cfg, group=_sweep_group(multirun))
         return {"cell": name, "status": "ok", "metrics": (result or {}).get("metrics")}
+    except sweep.Interrupted:
+        log.error("INTERRUPTED %s: Ctrl-C; its result was not written, finished cells stay finished", name)
+        return {"cell": name, "status": "interrupted", "message": "Ctrl-C while it ran; rerun the sweep to finish it"}
+    except LockBusyError as exc:
+        if not multirun:
+            _fail(exc)
+        log.warning("busy %s: %s", name, exc)
+        return {"cell": name, "status": "busy", "message": str(exc)}
     except InvalidCellError as exc:
         if not multirun:
             _fail(exc)

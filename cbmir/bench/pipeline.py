@@ -78,7 +78,7 @@ def pipeline_run(
         trainer.predict(module, dataloaders=[make_loader(split, cfg)], return_predictions=False)
         sync(env.device)
         seconds = time.perf_counter() - t0
-    emb = np.load(target)
+    emb = np.load(target, allow_pickle=False)
     target.unlink()
     if emb.shape != (len(split), dim) or not np.isfinite(emb).all():
         raise RuntimeError(

@@ -53,8 +53,8 @@ class Split:
 
 def load_split(folder: Path, flag: str, size: int, split: str) -> Split:
     try:
-        images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
-        labels = np.asarray(np.load(folder / f"{split}_labels.npy"), dtype=np.int64)
+        images = np.load(folder / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+        labels = np.asarray(np.load(folder / f"{split}_labels.npy", allow_pickle=False), dtype=np.int64)
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder} holds an unreadable {split} split ({exc}); delete the folder to rebuild it") from exc
     if labels.ndim == 1:

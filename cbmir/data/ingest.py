@@ -104,7 +104,7 @@ class Stores:
                 shape = (n, *item_shape(spec, rgb=spec.channels == "3"))
                 np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
                 os.replace(tmp, path)
-            self.arrays[split] = np.load(path, mmap_mode="r+")
+            self.arrays[split] = np.load(path, mmap_mode="r+", allow_pickle=False)
         if any(self.is_rgb(s) for s in self.arrays):  # a run that died between two splits' upgrades
             self.to_rgb()
 
@@ -129,7 +129,7 @@ class Stores:
             del out, array
             self.arrays.pop(split)
             os.replace(tmp, path)
-            self.arrays[split] = np.load(path, mmap_mode="r+")
+            self.arrays[split] = np.load(path, mmap_mode="r+", allow_pickle=False)
 
     def write(self, chunk: Chunk, results: list) -> None:
         if (
@@ -189,7 +189,7 @@ def decode_into_partial(
 
 def _compact(path: Path, keep: np.ndarray) -> None:
     """Rewrite an image array with only the rows in ``keep`` (chunk by chunk, bounded memory)."""
-    source = np.load(path, mmap_mode="r")
+    source = np.load(path, mmap_mode="r", allow_pickle=False)
     tmp = path.with_name(path.name + ".kept.tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *source.shape[1:]))
     for start in range(0, len(keep), 4096):

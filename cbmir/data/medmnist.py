@@ -8,6 +8,7 @@ pixels) runs on a 24 GB machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import zipfile
@@ -16,7 +17,9 @@ from pathlib import Path
 from cbmir.data.datasets import Split, load_split
 from cbmir.data.volumes import resized_volumes
 from cbmir.errors import ConfigError, DataError
+from cbmir.integrity import fingerprint, problem
 from cbmir.layout import medmnist_file_name as file_name
+from cbmir.locks import exclusive, lock_path
 from cbmir.logs import get_logger
 
 log = get_logger(__name__)
@@ -94,12 +97,20 @@ def _extract_member(zf: zipfile.ZipFile, member: str, dest: Path) -> None:
 def split_arrays(npz: Path, *, expected_md5: str | None = None) -> Path:
     """Stream every array of ``npz`` into ``<stem>/<key>.npy`` once; return that folder.
 
-    A finished folder carries a ``.complete`` marker, so a crash mid-way restarts cleanly.
+    A finished folder carries a ``.complete`` marker (each file's size and checksum), so a crash
+    mid-way restarts cleanly and :func:`split_problem` can tell a damaged file later.
     """
     out = npz.with_suffix("")
     marker = out / ".complete"
     if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
         return out
+    with exclusive(lock_path(out)):  # one process extracts; the others wait, then reuse
+        if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
+            return out
+        return _split_arrays(npz, out, marker, expected_md5)
+
+
+def _split_arrays(npz: Path, out: Path, marker: Path, expected_md5: str | None) -> Path:
     if expected_md5 is not None:
         got = md5sum(npz)
         if got != expected_md5:
@@ -121,8 +132,20 @@ def split_arrays(npz: Path, *, expected_md5: str | None = None) -> Path:
         raise DataError(
             f"{npz} is corrupt ({exc.__class__.__name__}: {exc}); delete it and run again to re-download it."
         ) from exc
-    marker.touch()
+    marker.write_text(json.dumps({name: fingerprint(out / name) for name in names}, indent=1))
     return out
+
+
+def split_problem(folder: Path, split: str) -> str | None:
+    """Why the extracted files of ``split`` cannot be trusted (``None``: they match their recorded checksums)."""
+    try:
+        recorded = json.loads((folder / ".complete").read_text())
+    except (FileNotFoundError, ValueError):
+        return "no checksums were recorded for its files"
+    for name in (f"{split}_images.npy", f"{split}_labels.npy"):
+        if reason := problem(folder / name, recorded.get(name)):
+            return f"{name}: {reason}"
+    return None
 
 
 def open_medmnist_split(
@@ -136,6 +159,12 @@ def open_medmnist_split(
     npz = ensure_file(flag, size, data_dir, download=bool(cfg_dataset.get("download", True)))
     md5 = source_of(flag, size)[1] if cfg_dataset.get("verify_md5", True) else None
     folder = split_arrays(npz, expected_md5=md5)
+    if reason := split_problem(folder, split):
+        log.warning("%s: %s; extracting its arrays again from %s", folder, reason, npz.name)
+        (folder / ".complete").unlink(missing_ok=True)
+        folder = split_arrays(npz, expected_md5=md5)
+        if reason := split_problem(folder, split):
+            raise DataError(f"{folder}: {reason} right after extraction; the disk may be failing")
     loaded = load_split(folder, flag, size, split)
     if volume_side is None or loaded.images.ndim != 4 or loaded.images.shape[1:] == (volume_side,) * 3:
         return loaded

@@ -42,4 +42,4 @@ def resized_volumes(folder: Path, split: str, images: np.ndarray, side: int, chu
         out.flush()
         del out
         os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
