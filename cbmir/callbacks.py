@@ -36,6 +36,8 @@ class CellResult:
     images: dict[str, np.ndarray] | None = None
     class_names: dict[str, str] | None = None
     search_backend: str = "auto"
+    #: the index, compression and training settings (cbmir.index.SearchSpec); None or exact = exact search
+    search_spec: Any = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -71,9 +73,14 @@ class RetrievalEvaluator(Callback):
         log.info(
             "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
         )
-        t0 = time.perf_counter()
-        distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
-        search_seconds = time.perf_counter() - t0
+        approximate = c.search_spec is not None and not c.search_spec.exact
+        if approximate:
+            distances, neighbors, search_seconds, built = self.search_approximate(database, queries)
+            index_gb = built.memory_bytes / 1e9
+        else:
+            t0 = time.perf_counter()
+            distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
+            search_seconds = time.perf_counter() - t0
         metrics = retrieval_metrics(
             c.labels["query"], c.labels["database"], neighbors, k=c.k, ties=c.ties, standard=c.standard_metrics
         )
@@ -96,9 +103,12 @@ class RetrievalEvaluator(Callback):
                 "total": round(time.perf_counter() - c.started, 3),
             },
             "index_gb": round(index_gb, 4),
+            "queries_per_second": round(len(queries) / max(search_seconds, 1e-9), 1),
             "cbmir_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if approximate:
+            result["approximate"] = self.compare_with_exact(database, queries, neighbors, built)
         atomic_write_json(c.out_dir / "result.json", result)
         for logger in self.loggers:
             logger.log_metrics({**metrics, **{f"seconds/{k}": v for k, v in result["seconds"].items()}}, step=0)
@@ -109,6 +119,29 @@ class RetrievalEvaluator(Callback):
         log.info("%s: %s", c.out_dir, summary)
         print(f"[cbmir] {c.record.get('model')} · {c.record.get('dataset')} · {c.record.get('size')}: {summary}")
         return result
+
+    def search_approximate(self, database: np.ndarray, queries: np.ndarray):
+        """``(distances, neighbors, search seconds, BuiltIndex)`` with the cell's index (build time excluded)."""
+        from cbmir.index import build_index, search_index
+
+        c = self.cell
+        built = build_index(database, c.metric, c.search_spec)
+        t0 = time.perf_counter()
+        distances, neighbors = search_index(built, queries, c.k, c.metric)
+        return distances, neighbors, time.perf_counter() - t0, built
+
+    def compare_with_exact(self, database: np.ndarray, queries: np.ndarray, neighbors: np.ndarray, built) -> dict:
+        """result.json's ``approximate``: recall@k against exact search and each metric's change, on a query sample."""
+        from cbmir.index import approximation_report
+
+        c = self.cell
+
+        def score(rows: np.ndarray, found: np.ndarray) -> dict[str, float]:
+            return retrieval_metrics(
+                c.labels["query"][rows], c.labels["database"], found, k=c.k, ties=c.ties, standard=c.standard_metrics
+            )
+
+        return approximation_report(database, queries, neighbors, c.k, c.metric, c.search_spec, built, score)
 
     def render_gallery(self, neighbors: np.ndarray) -> Path:
         """``gallery.png``: a fixed, seeded sample of queries with their neighbours, framed by relevance."""

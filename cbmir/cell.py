@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from cbmir.callbacks import CellResult, RetrievalEvaluator
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_info, open_split
 from cbmir.errors import ConfigError, InvalidCellError
+from cbmir.index import search_spec
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.loggers import close_loggers, make_loggers
 from cbmir.metrics import TIE_RULES
@@ -55,6 +56,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.max_forward_batch, int) or cfg.max_forward_batch < 1:
         raise ConfigError(f"max_forward_batch must be a positive integer, got {cfg.max_forward_batch!r}")
     volume_spec(cfg)
+    search_spec(cfg)
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
         raise ConfigError(f"model.weights={cfg.model.weights} does not exist")
 
@@ -210,6 +212,7 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
         started=t_start,
         images={role: splits[role].images for role in ROLE_SPLIT} if cfg.gallery else None,
         class_names=medmnist_info(cfg.dataset.flag).get("label"),
+        search_spec=search_spec(cfg),
     )
     loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
     evaluator = RetrievalEvaluator(cell, loggers)
