@@ -51,9 +51,12 @@ def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str 
         db, q = l2_normalize(db), l2_normalize(q)
     index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
     gpu = faiss_has_gpu() if use_gpu is None else use_gpu
-    if gpu and k <= FAISS_GPU_MAX_K:
-        index = faiss.index_cpu_to_all_gpus(index)
     index.add(db)
+    if gpu and k <= FAISS_GPU_MAX_K:
+        from cbmir.placement import place_index
+
+        # replicated on every GPU when one copy fits, else sharded, else left on the CPU (logged)
+        index, _ = place_index(index, db.nbytes, shard=False)
     distances, indices = index.search(q, k)
     return distances.astype(np.float32), indices.astype(np.int64)
 
