@@ -6,6 +6,7 @@ is skipped unless ``overwrite=true``, so a broken sweep resumes where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.index import search_spec
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
+from cbmir.locks import FileLock, lock_path
 from cbmir.loggers import close_loggers, make_loggers
 from cbmir.metrics import TIE_RULES
 from cbmir.search import METRICS
@@ -155,11 +157,31 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
 
 
+def _single_process() -> bool:
+    """Not one rank of a torchrun/SLURM multi-process launch (whose ranks must take the same decisions in step)."""
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) == 1
+
+
+def _lock(target: Path):
+    """The cross-process lock on ``target`` (cbmir.locks); a no-op across the ranks of one multi-process cell."""
+    return FileLock(lock_path(target)) if _single_process() else contextlib.nullcontext()
+
+
 def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
-    """Run one cell; return its result dict on rank 0 (``None`` on other ranks)."""
+    """Run one cell; return its result dict on rank 0 (``None`` on other ranks).
+
+    The same cell started twice at once (a resubmitted array task) runs once: the second
+    waits for the first's lock and then finds its result.
+    """
+    validate(cfg)
+    with contextlib.ExitStack() as locks:  # every lock released however the cell ends
+        locks.enter_context(_lock(cell_dir(cfg)))
+        return _run_cell(cfg, locks, group=group)
+
+
+def _run_cell(cfg: DictConfig, locks: contextlib.ExitStack, *, group: str | None = None) -> dict[str, Any] | None:
     from cbmir.models import build_backbone
 
-    validate(cfg)
     out = cell_dir(cfg)
     result_file = out / "result.json"
     if result_file.exists() and not cfg.overwrite:
@@ -182,6 +204,11 @@ def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | N
     cache_root = Path(cfg.paths.output_dir) / "cache"
     fields = {role: embedding_fields(cfg, backbone.identity, spec, role) for role in ROLE_SPLIT}
     targets = {role: cache_path(cache_root, fields[role]) for role in ROLE_SPLIT}
+    # Cells sharing a cache entry (e.g. both protocols) extract it once: the first holds its lock, the others
+    # wait and then read it from the cache (locks taken in one order, so two cells never wait on each other).
+    for role in sorted(ROLE_SPLIT, key=lambda r: str(targets[r])):
+        if not (cfg.use_cache and targets[role].exists()):
+            locks.enter_context(_lock(targets[role]))
     todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and targets[role].exists())]
     for role in ROLE_SPLIT:
         if role not in todo:

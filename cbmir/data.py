@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cbmir.errors import ConfigError, DataError
+from cbmir.locks import exclusive, lock_path
 
 SPLITS = ("train", "val", "test")
 #: The study's roles: the training split is the searchable database, the test split the queries.
@@ -106,11 +107,26 @@ def split_arrays(npz: Path, *, expected_md5: str | None = None) -> Path:
     """Stream every array of ``npz`` into ``<stem>/<key>.npy`` once; return that folder.
 
     A finished folder carries a ``.complete`` marker, so a crash mid-way restarts cleanly.
+    Concurrent cells (a cluster sweep) split a file once: one holds ``<stem>.lock``
+    (:mod:`cbmir.locks`), the others wait for it and reuse its folder.
     """
     out = npz.with_suffix("")
-    marker = out / ".complete"
-    if marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime:
+    if _is_split(npz):
         return out
+    with exclusive(lock_path(out)):
+        if _is_split(npz):
+            return out
+        return _split_arrays(npz, expected_md5)
+
+
+def _is_split(npz: Path) -> bool:
+    marker = npz.with_suffix("") / ".complete"
+    return marker.exists() and marker.stat().st_mtime >= npz.stat().st_mtime
+
+
+def _split_arrays(npz: Path, expected_md5: str | None) -> Path:
+    out = npz.with_suffix("")
+    marker = out / ".complete"
     if expected_md5 is not None:
         got = md5sum(npz)
         if got != expected_md5:
@@ -211,14 +227,20 @@ def resized_volumes(folder: Path, split: str, images: np.ndarray, side: int, chu
     """``resize_volumes`` of a whole split, done once in chunks and memory-mapped from ``<split>_images_<side>.npy``."""
     path = folder / f"{split}_images_{side}.npy"
     if not path.exists():
-        tmp = path.with_name(path.name + ".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), side, side, side))
-        for start in range(0, len(images), chunk):
-            out[start : start + chunk] = resize_volumes(images[start : start + chunk], side)
-        out.flush()
-        del out
-        os.replace(tmp, path)
+        with exclusive(lock_path(path)):  # concurrent cells resample once; the others wait and map the result
+            if not path.exists():
+                _resample_split(path, images, side, chunk)
     return np.load(path, mmap_mode="r")
+
+
+def _resample_split(path: Path, images: np.ndarray, side: int, chunk: int) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), side, side, side))
+    for start in range(0, len(images), chunk):
+        out[start : start + chunk] = resize_volumes(images[start : start + chunk], side)
+    out.flush()
+    del out
+    os.replace(tmp, path)
 
 
 class ImageArrayDataset(Dataset):
