@@ -36,7 +36,7 @@ class CellResult:
     images: dict[str, np.ndarray] | None = None
     class_names: dict[str, str] | None = None
     search_backend: str = "auto"
-    #: the index, compression and training settings (cbmir.index.SearchSpec); None or exact = exact search
+    #: the index, compression and training settings (cbmir.ann.SearchSpec); None or exact = exact search
     search_spec: Any = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -122,7 +122,7 @@ class RetrievalEvaluator(Callback):
 
     def search_approximate(self, database: np.ndarray, queries: np.ndarray):
         """``(distances, neighbors, search seconds, BuiltIndex)`` with the cell's index (build time excluded)."""
-        from cbmir.index import build_index, search_index
+        from cbmir.ann import build_index, search_index
 
         c = self.cell
         built = build_index(database, c.metric, c.search_spec)
@@ -132,7 +132,7 @@ class RetrievalEvaluator(Callback):
 
     def compare_with_exact(self, database: np.ndarray, queries: np.ndarray, neighbors: np.ndarray, built) -> dict:
         """result.json's ``approximate``: recall@k against exact search and each metric's change, on a query sample."""
-        from cbmir.index import approximation_report
+        from cbmir.ann import approximation_report
 
         c = self.cell
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from cbmir.callbacks import CellResult, RetrievalEvaluator
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, medmnist_info, open_split
 from cbmir.errors import ConfigError, InvalidCellError
-from cbmir.index import search_spec
+from cbmir.ann import search_spec
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.locks import FileLock, lock_path
 from cbmir.loggers import close_loggers, make_loggers

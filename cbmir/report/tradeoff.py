@@ -5,7 +5,7 @@ The rows are the cells of a sweep over ``search.index`` / ``search.pca`` / ``sto
 
     python -m cbmir.run -m protocol=standard dataset=pathmnist size=64 model=uni \\
         search.index=Flat,HNSW32,"'IVF256,Flat'","'IVF256,PQ32'" search.pca=null,128 store.dtype=float32
-    python -m cbmir.tradeoff outputs/results --dataset pathmnist --size 64 --model uni --out tradeoff.png
+    python -m cbmir.report.tradeoff outputs/results --dataset pathmnist --size 64 --model uni --out tradeoff.png
 
 A setting is on the Pareto front when no other is at least as good in memory, queries/s
 and the metric, and better in one of them.
@@ -112,7 +112,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, *, metric: str = "mAP@
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cbmir.tradeoff", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cbmir.report.tradeoff", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results folder (searched for result.json)")
     parser.add_argument("--dataset")
     parser.add_argument("--size", type=int)

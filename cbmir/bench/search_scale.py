@@ -6,7 +6,7 @@ not uniform noise (on which every index degrades to brute force) but embedding-l
 Gaussian clusters in a low-dimensional latent space, mapped linearly into ``dim``
 dimensions, plus isotropic noise. Queries come from the same distribution.
 
-    python -m cbmir.search_bench --n 1000000 --dim 768 --queries 10000 --out bench_search.json
+    python -m cbmir.bench.search_scale --n 1000000 --dim 768 --queries 10000 --out bench_search.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmir.index import make_index, recall_at_k
+from cbmir.ann import make_index, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def targets(result: BenchResult, *, recall: float = 0.95, speedup: float = 10.0,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cbmir.search_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cbmir.bench.search_scale", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=10_000)

@@ -8,11 +8,11 @@ import pytest
 
 from cbmir.cell import run_cell
 from cbmir.errors import ConfigError
-from cbmir.index import SearchSpec, build_index, fp16_storage, recall_at_k, search_index, search_spec
+from cbmir.ann import SearchSpec, build_index, fp16_storage, recall_at_k, search_index, search_spec
 from cbmir.layout import cell_dir, protocol_id, search_id
 from cbmir.placement import plan_placement
 from cbmir.search import search
-from cbmir.search_bench import database_and_queries
+from cbmir.bench.search_scale import database_and_queries
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 
 from cbmir.cell import run_cell
-from cbmir.tradeoff import load_results, markdown_table, plot_tradeoff, tradeoff_rows
+from cbmir.report.tradeoff import load_results, markdown_table, plot_tradeoff, tradeoff_rows
 
 
 def row(setting, memory, qps, score):

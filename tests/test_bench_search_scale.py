@@ -1,6 +1,6 @@
 """The search-at-scale bench, scaled down (20k vectors): every index type measured against exact Flat."""
 
-from cbmir.search_bench import database_and_queries, markdown_table, run_bench, targets
+from cbmir.bench.search_scale import database_and_queries, markdown_table, run_bench, targets
 
 
 def test_clustered_data_are_not_noise():
