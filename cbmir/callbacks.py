@@ -54,6 +54,8 @@ class CellResult:
     exclude_same_group: bool = False
     #: source file of each item by role (own data), shown under the gallery's tiles
     names: dict[str, Sequence[str]] | None = None
+    #: the index, compression and training settings (cbmir.ann.SearchSpec); None or exact = exact search
+    search_spec: Any = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -101,14 +103,19 @@ class RetrievalEvaluator(Callback):
         log.info(
             "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
         )
-        t0 = time.perf_counter()
-        if c.exclude_same_group:
-            distances, neighbors = search_excluding_group(
-                database, queries, c.k, c.metric, c.groups["database"], c.groups["query"], backend=c.search_backend
-            )
+        approximate = c.search_spec is not None and not c.search_spec.exact
+        if approximate:
+            distances, neighbors, search_seconds, built = self.search_approximate(database, queries)
+            index_gb = built.memory_bytes / 1e9
         else:
-            distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
-        search_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if c.exclude_same_group:
+                distances, neighbors = search_excluding_group(
+                    database, queries, c.k, c.metric, c.groups["database"], c.groups["query"], backend=c.search_backend
+                )
+            else:
+                distances, neighbors = search(database, queries, c.k, c.metric, backend=c.search_backend)
+            search_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics, statistics = self.score(database, queries, neighbors)
         statistics_seconds = time.perf_counter() - t0
@@ -135,9 +142,12 @@ class RetrievalEvaluator(Callback):
                 "total": round(time.perf_counter() - c.started, 3),
             },
             "index_gb": round(index_gb, 4),
+            "queries_per_second": round(len(queries) / max(search_seconds, 1e-9), 1),
             "cbmir_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if approximate:
+            result["approximate"] = self.compare_with_exact(database, queries, neighbors, built)
         atomic_write_json(c.out_dir / "result.json", result)
         logged = {**metrics, **interval_bounds(result["intervals"])}
         for logger in self.loggers:
@@ -177,6 +187,32 @@ class RetrievalEvaluator(Callback):
             },
         }
         return summarize(scores, macro), statistics
+
+    def search_approximate(self, database: np.ndarray, queries: np.ndarray):
+        """``(distances, neighbors, search seconds, BuiltIndex)`` with the cell's index (build time excluded)."""
+        from cbmir.ann import build_index, search_index
+
+        c = self.cell
+        built = build_index(database, c.metric, c.search_spec)
+        t0 = time.perf_counter()
+        distances, neighbors = search_index(built, queries, c.k, c.metric)
+        return distances, neighbors, time.perf_counter() - t0, built
+
+    def compare_with_exact(self, database: np.ndarray, queries: np.ndarray, neighbors: np.ndarray, built) -> dict:
+        """result.json's ``approximate``: recall@k against exact search and each metric's change, on a query sample."""
+        from cbmir.ann import approximation_report
+
+        c = self.cell
+
+        def score(rows: np.ndarray, found: np.ndarray) -> dict[str, float]:
+            # the k-neighbour metrics only: MAP@R and R-precision rank the exact embeddings whatever the index
+            q_labels = c.labels["query"][rows]
+            scores = per_query_scores(
+                q_labels, c.labels["database"], found, k=c.k, ties=c.ties, standard=c.standard_metrics
+            )
+            return summarize(scores, class_membership(q_labels)[0] if c.standard_metrics else None)
+
+        return approximation_report(database, queries, neighbors, c.k, c.metric, c.search_spec, built, score)
 
     def render_gallery(self, neighbors: np.ndarray) -> Path:
         """``gallery.png``: a fixed, seeded sample of queries with their neighbours, framed by relevance."""

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from cbmir import faults
+from cbmir.ann import search_spec
 from cbmir.callbacks import CellResult, RetrievalEvaluator
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_splits
 from cbmir.errors import ConfigError, InvalidCellError, LockBusyError, NonFiniteEmbeddingError
@@ -75,6 +76,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"lock_wait must be null (wait while the holder runs) or seconds >= 0, got {wait!r}")
     volume_spec(cfg)
     StatsSettings.from_config(cfg.get("stats"))
+    search_spec(cfg)
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
         raise ConfigError(f"model.weights={cfg.model.weights} does not exist")
 
@@ -351,6 +353,7 @@ def compute_cell(
             groups={role: origin[role].groups for role in ROLE_SPLIT} if own else None,
             exclude_same_group=bool(cfg.protocol.get("exclude_same_group", False)),
             names={role: origin[role].sources for role in ROLE_SPLIT} if own else None,
+            search_spec=search_spec(cfg),
         )
         loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
         evaluator = RetrievalEvaluator(cell, loggers)

@@ -60,10 +60,42 @@ def _get(node: Any, key: str, default: Any = None) -> Any:
 
 
 def protocol_id(cfg: Any) -> str:
-    """The protocol's name, plus what differs from it: another metric (``paper+cosine``), ``+exclude-group``."""
+    """The protocol, ``+metric`` where not its canonical one, ``+exclude-group``, ``+<search_id>`` if approximate."""
     name, metric = cfg["protocol"]["name"], cfg["protocol"]["metric"]
-    pid = name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
-    return pid + ("+exclude-group" if _get(cfg["protocol"], "exclude_same_group", False) else "")
+    out = name if CANONICAL_METRIC.get(name, metric) == metric else f"{name}+{metric}"
+    if _get(cfg["protocol"], "exclude_same_group", False):
+        out += "+exclude-group"
+    approximate = search_id(cfg)
+    return f"{out}+{approximate}" if approximate else out
+
+
+#: Training settings of ``conf/search/default.yaml``; another value is part of an approximate cell's id.
+SEARCH_TRAINING_DEFAULTS: dict[str, Any] = {"train_size": 100_000, "seed": 0}
+
+
+def search_id(cfg: Any) -> str | None:
+    """``None`` for exact search (fp32 ``Flat``, no PCA); else every setting that changes the neighbours.
+
+    ``IVF4096,PQ64`` with ``nprobe=16`` → ``ivf4096-pq64-nprobe16``; ``Flat`` + ``store.dtype=float16``
+    + ``search.pca=128`` → ``flat-pca128-fp16``. Cells without a ``search`` node (older results) are exact.
+    """
+    s, store = _get(cfg, "search") or {}, _get(cfg, "store") or {}
+    index, pca, dtype = str(_get(s, "index", "Flat")), _get(s, "pca"), str(_get(store, "dtype", "float32"))
+    if index == "Flat" and pca is None and dtype == "float32":
+        return None
+    parts = [safe_name(index.lower().replace(",", "-"))]
+    if _get(s, "nprobe") is not None and "IVF" in index:
+        parts.append(f"nprobe{_get(s, 'nprobe')}")
+    if _get(s, "efSearch") is not None and "HNSW" in index:
+        parts.append(f"ef{_get(s, 'efSearch')}")
+    if pca is not None:
+        parts.append(f"pca{pca}")
+    if dtype != "float32":
+        parts.append("fp16" if dtype == "float16" else safe_name(dtype))
+    for key, default in SEARCH_TRAINING_DEFAULTS.items():
+        if _get(s, key, default) != default:
+            parts.append(f"{key.replace('_', '')}{_get(s, key)}")
+    return "-".join(parts)
 
 
 def dataset_id(cfg: Any) -> str:

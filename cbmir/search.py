@@ -114,11 +114,15 @@ def flat_index(database: np.ndarray, metric: str = "l2"):
 
 def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, use_gpu: bool | None = None):
     """``(distances float32 (Q, k), indices int64 (Q, k))``, nearest first, ties by database index."""
-    import faiss
 
     _check(database, queries, k, metric)
     cpu_index = flat_index(database, metric)
-    gpu_index = faiss.index_cpu_to_all_gpus(cpu_index) if (faiss_has_gpu() if use_gpu is None else use_gpu) else None
+    gpu_index = None
+    if faiss_has_gpu() if use_gpu is None else use_gpu:
+        from cbmir.placement import place_index
+
+        # replicated on every GPU when one copy fits, else sharded, else left on the CPU (logged)
+        gpu_index, _ = place_index(cpu_index, 4 * cpu_index.ntotal * cpu_index.d, shard=False)
 
     def raw(q: np.ndarray, width: int):
         q = np.ascontiguousarray(q, dtype=np.float32)

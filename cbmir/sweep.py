@@ -1,5 +1,10 @@
 """A Hydra callback that sums up a sweep: which cells ran, were skipped or failed, and the exit status.
 
+``on_job_end`` runs wherever the job runs: in the launching process with Hydra's basic
+launcher, but in the job's own process (another host, for SLURM) with the submitit
+launchers. So each job writes its outcome into its job folder, and ``on_multirun_end``
+(always in the launching process) reads every outcome of the sweep from there.
+
 Ctrl-C (SIGINT) in a sweep stops the cell that runs (its result is not written; finished cells stay
 finished), marks every later cell "not run", prints the summary and exits with status 130. A second
 Ctrl-C interrupts at once.
@@ -7,16 +12,19 @@ Ctrl-C interrupts at once.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cbmir.files import atomic_write_json
 from cbmir.logs import get_logger
 
 log = get_logger(__name__)
@@ -58,28 +66,40 @@ def interruptible_cell() -> Iterator[None]:
         _State.in_cell = False
 
 
-class SweepSummary(Callback):
-    def __init__(self) -> None:
-        self.outcomes: list[dict[str, Any]] = []
+OUTCOME_FILE = "cbmir_outcome.json"
 
+
+def outcome_of(job_return: JobReturn) -> dict[str, Any] | None:
+    if job_return.status == JobStatus.COMPLETED and isinstance(job_return._return_value, dict):
+        return job_return._return_value
+    if job_return.status == JobStatus.FAILED:
+        return {"cell": "?", "status": "failed", "message": repr(job_return._return_value)}
+    return None
+
+
+class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.outcomes = []
+        for stale in Path(str(config.hydra.sweep.dir)).glob(f"**/{OUTCOME_FILE}"):  # a reused sweep folder
+            stale.unlink()
         _State.interrupted = False
         _State.previous_handler = signal.signal(signal.SIGINT, _on_sigint)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.COMPLETED and isinstance(job_return._return_value, dict):
-            self.outcomes.append(job_return._return_value)
-        elif job_return.status == JobStatus.FAILED:
-            self.outcomes.append({"cell": "?", "status": "failed", "message": repr(job_return._return_value)})
+        outcome = outcome_of(job_return)
+        output_dir = config.hydra.runtime.get("output_dir")
+        if outcome is not None and output_dir:
+            outcome["job"] = config.hydra.job.get("num")
+            atomic_write_json(Path(str(output_dir)) / OUTCOME_FILE, outcome)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _State.previous_handler is not None:
             signal.signal(signal.SIGINT, _State.previous_handler)
-        if not self.outcomes:
+        files = sorted(Path(str(config.hydra.sweep.dir)).glob(f"**/{OUTCOME_FILE}"))
+        outcomes = [json.loads(f.read_text()) for f in files]
+        if not outcomes:
             return
         by_status: dict[str, list[dict[str, Any]]] = {}
-        for outcome in self.outcomes:
+        for outcome in sorted(outcomes, key=lambda o: o.get("job") or 0):
             by_status.setdefault(outcome["status"], []).append(outcome)
         n = {status: len(by_status.get(status, [])) for status in STATUSES}
         counts = f"{n['ok']} cells ok, {n['skipped']} skipped, {n['failed']} failed" + "".join(

@@ -96,8 +96,14 @@ def cell_cfg(compose, data_dir, tmp_path):
     return _cfg
 
 
-def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 300):
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    launcher: list[str] | None = None,
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
+):
     """``python -m cbmir.run ARGS`` (or under ``launcher``, e.g. torchrun) in a fresh, offline process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = (launcher or [sys.executable]) + ["-m", "cbmir.run", *args]
     return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -104,6 +104,21 @@ def check_stats(name: str, cfg: DictConfig) -> None:
     assert 0 < settings.level < 1 and settings.resamples >= 1000
 
 
+def check_search(name: str, cfg: DictConfig) -> None:
+    from cbmir.ann import search_spec
+
+    spec = search_spec(cfg)  # raises ConfigError on a bad value; the default is exact search
+    assert spec.exact and cfg.search.index == "Flat"
+
+
+def check_launcher(name: str, cfg: DictConfig) -> None:
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.startswith("hydra_plugins.cbmir_cluster"), launcher._target_
+    assert launcher.mem_gb == 32 and launcher.timeout_min == 120  # resnet50 asks nothing: the defaults
+    big = compose_config([f"hydra/launcher={name}", "model=dinov2_g"], hydra=True).hydra.launcher
+    assert big.mem_gb == 64 and big.timeout_min == 480  # read from the model's resources
+
+
 #: One check per config group; a new group fails until it has one.
 CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
     "model": check_model,
@@ -114,6 +129,8 @@ CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
     "logger": check_logger,
     "paths": check_paths,
     "stats": check_stats,
+    "search": check_search,
+    "hydra/launcher": check_launcher,
 }
 
 
@@ -135,7 +152,7 @@ def test_every_config_file_composes(file: str):
         assert users, f"conf/{file} is a base that no {group} config uses"
         return
     assert group in CHECKS, f"conf/{group}/ has no check in tests/test_config.py"
-    cfg = compose_config([f"{group}={name}"], hydra=group == "experiment")
+    cfg = compose_config([f"{group}={name}"], hydra=group == "experiment" or group.startswith("hydra/"))
     job = {k: v for k, v in cfg.items() if k != "hydra"}
     OmegaConf.to_container(OmegaConf.create(job), resolve=True, throw_on_missing=True)  # no ??? left unset
     CHECKS[group](name, cfg)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cbmir.locks import exclusive, lock_path
+
 
 def resize_volumes(volumes: np.ndarray, side: int) -> np.ndarray:
     """The study's 3D resampling to ``side``³, clipped to 0–255 before the cast to uint8.
@@ -35,11 +37,17 @@ def resized_volumes(folder: Path, split: str, images: np.ndarray, side: int, chu
     """``resize_volumes`` of a whole split, done once in chunks and memory-mapped from ``<split>_images_<side>.npy``."""
     path = folder / f"{split}_images_{side}.npy"
     if not path.exists():
-        tmp = path.with_name(path.name + ".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), side, side, side))
-        for start in range(0, len(images), chunk):
-            out[start : start + chunk] = resize_volumes(images[start : start + chunk], side)
-        out.flush()
-        del out
-        os.replace(tmp, path)
+        with exclusive(lock_path(path)):  # concurrent cells resample once; the others wait and map the result
+            if not path.exists():
+                _resample_split(path, images, side, chunk)
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _resample_split(path: Path, images: np.ndarray, side: int, chunk: int) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), side, side, side))
+    for start in range(0, len(images), chunk):
+        out[start : start + chunk] = resize_volumes(images[start : start + chunk], side)
+    out.flush()
+    del out
+    os.replace(tmp, path)
