@@ -29,6 +29,7 @@ from cbmir.report.per_class import per_class_markdown
 from cbmir.report.significance import Significance, column_statistics, report_settings
 from cbmir.report.stat_figures import write_stat_figures
 from cbmir.report.tables import result_columns, result_rows, tables_markdown, write_csv
+from cbmir.report.tradeoff import write_tradeoffs
 from cbmir.stats import StatsSettings
 
 
@@ -111,6 +112,10 @@ def build_report(
             files += write_stat_figures(pcells, significance, folder / "figures")
         report.files[protocol] = files
         index += _index_section(protocol, pcells, files, out)
+    tradeoffs = write_tradeoffs([c.path for c in cells if c.path is not None], out, figures=figures)
+    if tradeoffs:
+        index += ["## search trade-offs (exact vs approximate indexes)", ""]
+        index += [f"- [{f.relative_to(out)}]({f.relative_to(out).as_posix()})" for f in tradeoffs] + [""]
     _write_text(out / "index.md", "\n".join(index))
     return report
 

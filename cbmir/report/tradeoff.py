@@ -111,6 +111,37 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, *, metric: str = "mAP@
     return path
 
 
+def write_tradeoffs(
+    result_dirs: Iterable[Path], out: Path, *, figures: bool = True, metric: str = "mAP@5"
+) -> list[Path]:
+    """``tradeoff/<dataset>_<size>_<model>.md`` (+ ``.png``) for every cell that was also run with approximate search.
+
+    The rows of one (base protocol, dataset, size, model) are its exact cell and every ``+<search id>`` variant;
+    ``cbmir.report`` calls this for the folders it collected, so a search sweep needs no extra command.
+    """
+    from cbmir.layout import safe_name
+
+    results = [json.loads((Path(d) / "result.json").read_text()) for d in result_dirs]
+    groups: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
+    for r in results:
+        base = r["protocol"].split("+")[0]
+        if r.get("approximate") or r["protocol"] == base:
+            groups.setdefault((base, r["dataset"], r["size"], r["model"]), []).append(r)
+    written = []
+    for (base, dataset, size, model), group in sorted(groups.items()):
+        if not any(r.get("approximate") for r in group) or metric not in group[0]["metrics"]:
+            continue
+        rows = tradeoff_rows(group, metric=metric)
+        stem = Path(out) / "tradeoff" / safe_name(f"{base}_{dataset}_{size}_{model}")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        title = f"{model} · {dataset} · {size} px · {base}"
+        stem.with_suffix(".md").write_text(f"# Search trade-off: {title}\n\n{markdown_table(rows, metric)}\n")
+        written.append(stem.with_suffix(".md"))
+        if figures:
+            written.append(plot_tradeoff(rows, stem.with_suffix(".png"), metric=metric, title=title))
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cbmir.report.tradeoff", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results folder (searched for result.json)")

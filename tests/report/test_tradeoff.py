@@ -39,3 +39,13 @@ def test_table_and_figure_from_real_cells(cell_cfg, tmp_path):
     assert "| Flat (exact) |" in markdown_table(rows)
     png = plot_tradeoff(rows, tmp_path / "tradeoff.png", title="tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # cbmir.report writes the same table (and figure) for the folders it collects, with no extra command
+    from cbmir.report.build import build_report
+    from cbmir.report.collect import find_result_files, load_cells
+
+    report = build_report(
+        load_cells(find_result_files([out / "results"])), tmp_path / "report", figures=False, ci=False
+    )
+    table = (report.out / "tradeoff" / "standard_bloodmnist_28_tiny_resnet.md").read_text()
+    assert table.splitlines()[2:] == markdown_table(rows).splitlines()
+    assert "tradeoff/standard_bloodmnist_28_tiny_resnet.md" in (report.out / "index.md").read_text()
