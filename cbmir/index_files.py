@@ -13,7 +13,6 @@ changed file is reported by name before anything is searched.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import numpy as np
 
 from cbmir.errors import DataError
 from cbmir.files import atomic_write_json
+from cbmir.integrity import file_digest
 
 FORMAT = "cbmir-index/1"
 MANIFEST = "manifest.json"
@@ -46,12 +46,8 @@ class IndexMismatchError(DataError):
     """A query backbone that is not the one the index was built with."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def write_items(path: Path, rows: list[dict[str, Any]]) -> None:

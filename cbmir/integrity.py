@@ -7,6 +7,7 @@ is caught and recomputed, never silently used. Not a defence against tampering, 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,15 @@ import xxhash
 
 ALGORITHM = "xxh3_128"
 CHUNK = 1 << 24
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file with a ``hashlib`` algorithm (MD5 for MedMNIST's published sums, SHA-256 for indexes)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fingerprint(path: Path) -> dict[str, Any]:

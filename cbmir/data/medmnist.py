@@ -7,7 +7,6 @@ pixels) runs on a 24 GB machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 from cbmir.data.datasets import Split, load_split
 from cbmir.data.volumes import resized_volumes
 from cbmir.errors import ConfigError, DataError
-from cbmir.integrity import fingerprint, problem
+from cbmir.integrity import file_digest, fingerprint, problem
 from cbmir.layout import medmnist_file_name as file_name
 from cbmir.locks import exclusive, lock_path
 from cbmir.logs import get_logger
@@ -45,12 +44,8 @@ def source_of(flag: str, size: int) -> tuple[str, str]:
         raise ConfigError(f"MedMNIST has no {flag} file at size {size}") from None
 
 
-def md5sum(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 def _download(url: str, root: Path, filename: str, md5: str) -> None:
