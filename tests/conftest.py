@@ -66,6 +66,17 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+#: The 2x2 sweep through Hydra's basic launcher that several slow tests read (run once per session).
+SWEEP_2X2 = ["dataset=breastmnist,bloodmnist", "size=28,64"]
+
+
+@pytest.fixture(scope="session")
+def basic_sweep_2x2(data_dir, tmp_path_factory):
+    """``python -m cbmir.run -m`` over :data:`SWEEP_2X2`: (its output folder, the finished process)."""
+    out = tmp_path_factory.mktemp("basic_sweep") / "out"
+    return out, run_cli("-m", *base_overrides(data_dir, out), *SWEEP_2X2)
+
+
 def base_overrides(data_dir: Path, out_dir: Path, *, tiny: bool = True) -> list[str]:
     return [
         f"paths.data_dir={data_dir}",

@@ -56,33 +56,39 @@ def test_resources_come_from_each_jobs_model():
 
 
 @pytest.mark.slow
-def test_local_submitit_sweep_equals_the_basic_launcher(data_dir, tmp_path):
-    sweep = ["dataset=breastmnist,bloodmnist", "size=28,64"]
-    basic_out, local_out = tmp_path / "basic", tmp_path / "local"
-    basic = run_cli("-m", *base_overrides(data_dir, basic_out), *sweep)
+def test_local_submitit_sweep_equals_the_basic_launcher(basic_sweep_2x2, data_dir, tmp_path):
+    basic_out, basic = basic_sweep_2x2  # the basic launcher's 2x2 sweep (conftest.SWEEP_2X2), shared with test_run.py
     assert basic.returncode == 0, basic.stderr[-3000:]
-    # timeout per job from the job's own config: two resource groups, so two job arrays
+    local_out = tmp_path / "local"
+    # timeout per job from the job's own config: two sizes, two resource groups, so two job arrays
     local = run_cli(
-        "-m", *base_overrides(data_dir, local_out), *sweep, "hydra/launcher=local", "hydra.launcher.timeout_min=${size}"
+        "-m",
+        *base_overrides(data_dir, local_out),
+        "dataset=bloodmnist",
+        "size=28,64",
+        "hydra/launcher=local",
+        "hydra.launcher.timeout_min=${size}",
     )
     assert local.returncode == 0, local.stderr[-3000:]
-    assert "sweep: 4 cells ok, 0 skipped, 0 failed" in local.stdout  # summed up in the launching process
+    assert "sweep: 2 cells ok, 0 skipped, 0 failed" in local.stdout  # summed up in the launching process
     a, b = results(basic_out), results(local_out)
-    assert set(a) == set(b) and len(a) == 4
-    for key in a:
+    assert set(b) == {("paper", "bloodmnist", size, "tiny_resnet") for size in (28, 64)} and set(b) <= set(a)
+    for key in b:
         assert a[key][0]["metrics"] == b[key][0]["metrics"]
         np.testing.assert_array_equal(a[key][1], b[key][1])
     (sweep_dir,) = (local_out / "hydra" / "multirun").glob("*/*")
     jobs = sorted(p for p in sweep_dir.iterdir() if p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1", "2", "3"]  # sweep numbers kept across the two arrays
-    for job in jobs:  # each cell: its outcome, its Hydra log
-        assert json.loads((job / "cbmir_outcome.json").read_text())["status"] == "ok"
+    # sweep numbers kept across the two arrays: the second array's only job is the sweep's job 1, not 0
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job, size in zip(jobs, (28, 64)):  # each cell: its outcome, its Hydra log
+        outcome = json.loads((job / "cbmir_outcome.json").read_text())
+        assert (outcome["status"], outcome["cell"]) == ("ok", f"paper/bloodmnist/{size}/tiny_resnet")
         assert (job / "run.log").exists()
     logs = list((sweep_dir / ".submitit").glob("*/*_log.out"))
-    assert len({p.parent for p in logs}) == 4  # a process (and log) per cell
+    assert len({p.parent for p in logs}) == 2  # a process (and log) per cell
     launched = local.stdout + local.stderr
     assert (
-        launched.count("job array of 2 cell(s)") == 2 and "timeout_min=28" in launched and "timeout_min=64" in launched
+        launched.count("job array of 1 cell(s)") == 2 and "timeout_min=28" in launched and "timeout_min=64" in launched
     )
 
 

@@ -70,12 +70,24 @@ def leftovers(out: Path) -> list[str]:
     )
 
 
+#: The soak's grid: six cells, two protocols sharing each dataset's embeddings (the gallery does not enter a snapshot).
+GRID = ["dataset=bloodmnist,breastmnist,chestmnist", "protocol=paper,standard", "gallery=false"]
+
+
 @pytest.fixture(scope="module")
-def clean_cell(data_dir, tmp_path_factory) -> dict:
+def clean_sweep(data_dir, tmp_path_factory) -> dict:
+    """An uninterrupted sweep of :data:`GRID`, run once: the reference of every test here."""
     out = tmp_path_factory.mktemp("clean") / "out"
-    proc = cli(*base_overrides(data_dir, out), *CELL)
+    proc = cli("-m", *base_overrides(data_dir, out), *GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return snapshot(out)
+
+
+@pytest.fixture(scope="module")
+def clean_cell(clean_sweep) -> dict:
+    """CELL as an uninterrupted run computes it: its cell of the clean sweep."""
+    name = "results/paper/bloodmnist/28/tiny_resnet"
+    return {name: clean_sweep[name]}
 
 
 @pytest.mark.parametrize(
@@ -114,6 +126,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(data_dir, tmp_path, clea
 
 
 def test_two_processes_on_one_cell_never_write_together(data_dir, tmp_path, clean_cell):
+    """One process computes the cell; a second one refuses (lock_wait=0), a third waits and then reuses it."""
     out = tmp_path / "out"
     args = [*base_overrides(data_dir, out), *CELL]
     first = cli(*args, popen=True)
@@ -124,17 +137,25 @@ def test_two_processes_on_one_cell_never_write_together(data_dir, tmp_path, clea
     os.kill(first.pid, signal.SIGSTOP)  # hold the first one mid-cell, its lock taken
     try:
         assert lock.exists(), "the first process finished before it could be held"
-        second = cli(*args, "lock_wait=0")
+        waiter = cli(*args, popen=True)  # lock_wait=null: waits while the holder lives
+        second = cli(*args, "lock_wait=0")  # started alongside the waiter: both meet the held lock
         assert second.returncode == 2
         assert f"is being computed by process {first.pid}" in second.stderr
-        waiter = cli(*args, popen=True)  # lock_wait=null: waits while the holder lives
-        time.sleep(3)
-        assert waiter.poll() is None, "the default must wait while the holder lives"
+        waited = []
+        for line in waiter.stdout:  # the waiter says it waits for the lock (cbmir.locks) before it gets it
+            waited.append(line)
+            if f"waiting for {lock}" in line:
+                break
+        assert waiter.poll() is None, "the default must wait while the holder lives: " + "".join(waited)[-3000:]
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
-    assert waiter.wait(timeout=300) == 0
-    assert "finished already" in waiter.stdout.read()  # it waited, then took the first one's result
+    computed = first.stdout.read()
+    assert first.wait(timeout=300) == 0, computed[-3000:]
+    reused = "".join(waited) + waiter.stdout.read()
+    assert waiter.wait(timeout=300) == 0, reused[-3000:]
+    # the cell ran once: the first one extracted and evaluated, the waiter took the first one's result
+    assert "mAP@5" in computed and "finished already" in reused and "mAP@5" not in reused
+    assert len(list((out / "cache" / "embeddings").rglob("*.npy"))) == 2
     assert_same(snapshot(out), clean_cell)
     assert leftovers(out) == []
 
@@ -170,24 +191,21 @@ def test_ctrl_c_in_a_sweep(data_dir, tmp_path):
     assert "finished already" in again.stdout and "sweep: 3 cells ok, 0 skipped, 0 failed" in again.stdout
 
 
-def test_soak_random_faults_until_done(data_dir, tmp_path):
+def test_soak_random_faults_until_done(data_dir, tmp_path, clean_sweep):
     """Six cells (two protocols share embeddings) killed at random seeded points, rerun until done = a clean sweep."""
-    grid = ["dataset=bloodmnist,breastmnist,chestmnist", "protocol=paper,standard", "gallery=false"]
-    clean_out, out = tmp_path / "clean", tmp_path / "out"
-    clean = cli("-m", *base_overrides(data_dir, clean_out), *grid)
-    assert clean.returncode == 0, clean.stderr[-3000:]
+    out = tmp_path / "out"
     rng = random.Random(14)
     points = ["after_batch", "merge", "before_result", "after_cell"]
     history = []
     for attempt in range(8):
         point = rng.choice(points)
         fault = f"{point}:{rng.randint(1, 12 if point == 'after_batch' else 3)}" if attempt < 4 else None
-        proc = cli("-m", *base_overrides(data_dir, out), *grid, fault=fault)
+        proc = cli("-m", *base_overrides(data_dir, out), *GRID, fault=fault)
         history.append((fault, proc.returncode))
         if proc.returncode == 0 and "sweep: 6 cells ok" in proc.stdout:
             break
         assert proc.returncode == -signal.SIGKILL, (history, proc.stdout[-3000:])
     assert history[-1][1] == 0, history
     assert sum(code == -signal.SIGKILL for _, code in history) >= 2, history
-    assert_same(snapshot(out), snapshot(clean_out))
+    assert_same(snapshot(out), clean_sweep)
     assert leftovers(out) == []

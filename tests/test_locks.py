@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, base_overrides
+from conftest import ROOT
 from medmnist_fixtures import write_medmnist
 
 from cbmir.locks import FileLock, LockTimeout
@@ -140,16 +140,5 @@ def test_racing_processes_split_one_file_once(tmp_path):
     assert outs == [str(expected)] * 3
 
 
-@pytest.mark.slow
-def test_the_same_cell_started_twice_runs_once(data_dir, tmp_path):
-    """Two real `cbmir.run` processes on one cell: one extracts and evaluates, the other waits and reuses it."""
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cbmir.run", *base_overrides(data_dir, out), "dataset=bloodmnist"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
-    assert sum("finished already" in o for o in outs) == 1, outs
-    assert sum("mAP@5" in o for o in outs) == 1
-    assert len(list((out / "cache" / "embeddings").rglob("*.npy"))) == 2
-    assert not list(out.rglob("*.lock"))
+# Two real `cbmir.run` processes on one cell (one computes, the other waits and reuses it):
+# tests/test_faults_process.py::test_two_processes_on_one_cell_never_write_together.

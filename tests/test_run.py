@@ -34,9 +34,8 @@ def test_one_cell_end_to_end(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_by_two_multirun(data_dir, tmp_path):
-    out = tmp_path / "out"
-    proc = run_cli("-m", *base_overrides(data_dir, out), "dataset=breastmnist,bloodmnist", "size=28,64")
+def test_two_by_two_multirun(basic_sweep_2x2):
+    out, proc = basic_sweep_2x2  # dataset=breastmnist,bloodmnist size=28,64 (shared with test_cluster.py)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(results(out)) == {
         ("paper", d, s, "tiny_resnet") for d in ("breastmnist", "bloodmnist") for s in (28, 64)
