@@ -1,6 +1,6 @@
 """``python -m cbmir.doctor [overrides]``: can this run or sweep go, here and now? One screen, before any work.
 
-Takes the overrides of ``cbmir.run`` (sweep syntax too: ``model=uni,conch size=64,224``, ``experiment=paper``),
+Takes the overrides of ``cbmir.launch.run`` (sweep syntax too: ``model=uni,conch size=64,224``, ``experiment=paper``),
 expands them to the cells, and checks the stack, the devices, each model's weights (local file or the
 Hugging Face cache; gated repositories, whether a token is set, never the token), each dataset file
 (present, MD5 against the medmnist package), and free disk space against the sweep's estimated cache
@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 
 from cbmir.data import ROLE_SPLIT, file_name, md5sum, medmnist_info, source_of
 from cbmir.errors import CbmirError, InvalidCellError
-from cbmir.files import free_bytes, human_bytes
 from cbmir.layout import CONF_DIR, cell_name, dataset_id, model_id, versions
+from cbmir.safety.files import free_bytes, human_bytes
 
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -60,7 +60,7 @@ def offline() -> bool:
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The override list of every cell, as ``cbmir.run -m`` would sweep them (an experiment's params included)."""
+    """The override list of every cell, as ``cbmir run -m`` would sweep them (an experiment's params included)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -256,7 +256,7 @@ def check_dataset(report: Report, cfg: DictConfig) -> int:
 
 
 def embedding_width(cfg: DictConfig) -> int:
-    from cbmir.cell import volume_side, volume_spec
+    from cbmir.cell.run import volume_side, volume_spec
 
     volume = volume_spec(cfg)
     return volume.embedding_dim(int(cfg.model.dim), volume_side(cfg)) if volume else int(cfg.model.dim)
@@ -273,7 +273,7 @@ def result_bytes(cfg: DictConfig) -> tuple[int, int]:
 
 
 def diagnose(overrides: list[str]) -> Report:
-    from cbmir.cell import validate
+    from cbmir.cell.run import validate
 
     report = Report()
     cells, invalid = [], []

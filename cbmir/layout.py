@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: The config tree: ``CBMIR_CONF_DIR`` if set, else the ``conf/`` beside the package.
-CONF_DIR = Path(os.environ.get("CBMIR_CONF_DIR") or Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = Path(os.environ.get("CBMIR_CONF_DIR") or Path(__file__).resolve().parent / "conf")
 
 #: Source resolutions of MedMNIST+ (28 is MedMNIST v2); the 3D sets come at 28 and 64 only.
 SIZES_2D: tuple[int, ...] = (28, 64, 128, 224)

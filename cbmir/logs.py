@@ -1,6 +1,6 @@
 """Status lines: Python loggers named ``cbmir.<module>`` that speak on global rank 0 only.
 
-(Not to be confused with :mod:`cbmir.loggers`, the experiment trackers of a cell: CSV and W&B.)
+(Not to be confused with :mod:`cbmir.cell.loggers`, the experiment trackers of a cell: CSV and W&B.)
 
 Every process of a multi-process launch runs the same code, so without a filter each status
 line would appear once per rank. Handlers and levels are left to the application: under
@@ -46,3 +46,10 @@ def get_logger(name: str) -> logging.Logger:
     if _RANK_ZERO not in logger.filters:
         logger.addFilter(_RANK_ZERO)
     return logger
+
+
+def cli_logging(verbose: bool = False) -> None:
+    """The one logging set-up of every ``cbmir`` command outside Hydra: ``[cbmir] message`` on stderr."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[cbmir] %(message)s", force=True)
+    for noisy in ("faiss.loader", "httpx", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,8 +20,8 @@ import numpy as np
 from bench_stats import DATASETS, PAPER, STANDARD
 
 from cbmir.layout import paper_grid
-from cbmir.metrics import class_membership, summarize
-from cbmir.per_query import write_per_query
+from cbmir.metrics.per_query import write_per_query
+from cbmir.metrics.retrieval import class_membership, summarize
 from cbmir.report.build import build_report
 from cbmir.report.collect import find_result_files, load_cells
 from cbmir.report.significance import report_settings

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, compose_config
 from omegaconf import DictConfig, OmegaConf
 
 from cbmir.layout import GENERIC_FAMILIES, SIZES_2D, config_names, model_id
+from tests.helpers.config import CONF_DIR, compose_config
 
 FILES = sorted(p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml"))
 
@@ -49,7 +49,7 @@ PRIMARY = {"config.yaml": (), "index.yaml": ("index",)}
 
 
 def check_dataset(name: str, cfg: DictConfig) -> None:
-    from cbmir.cell import validate
+    from cbmir.cell.run import validate
     from cbmir.errors import ConfigError
 
     if cfg.dataset.get("kind", "medmnist") != "medmnist":  # own data: the user names it and points at the files
@@ -82,8 +82,8 @@ def check_trainer(name: str, cfg: DictConfig) -> None:
 
 
 def check_protocol(name: str, cfg: DictConfig) -> None:
-    from cbmir.metrics import TIE_RULES
-    from cbmir.search import METRICS
+    from cbmir.metrics.retrieval import TIE_RULES
+    from cbmir.search.exact import METRICS
 
     assert cfg.protocol.name == name
     assert cfg.protocol.metric in METRICS and cfg.protocol.vote_ties in TIE_RULES
@@ -98,14 +98,14 @@ def check_paths(name: str, cfg: DictConfig) -> None:
 
 
 def check_stats(name: str, cfg: DictConfig) -> None:
-    from cbmir.stats import StatsSettings
+    from cbmir.stats.bootstrap import StatsSettings
 
     settings = StatsSettings.from_config(cfg.stats)  # raises ConfigError on a bad value
     assert 0 < settings.level < 1 and settings.resamples >= 1000
 
 
 def check_search(name: str, cfg: DictConfig) -> None:
-    from cbmir.ann import search_spec
+    from cbmir.search.approximate import search_spec
 
     spec = search_spec(cfg)  # raises ConfigError on a bad value; the default is exact search
     assert spec.exact and cfg.search.index == "Flat"
@@ -156,8 +156,3 @@ def test_every_config_file_composes(file: str):
     job = {k: v for k, v in cfg.items() if k != "hydra"}
     OmegaConf.to_container(OmegaConf.create(job), resolve=True, throw_on_missing=True)  # no ??? left unset
     CHECKS[group](name, cfg)
-
-
-@pytest.mark.parametrize("old,new", [("timm", "any_timm"), ("open_clip", "any_open_clip")])
-def test_old_generic_names_are_aliases(old: str, new: str):
-    assert compose_config([f"model={old}"]) == compose_config([f"model={new}"])

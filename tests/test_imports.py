@@ -156,7 +156,7 @@ def test_no_import_cycles():
     )
 
 
-@pytest.mark.parametrize("module", ["cbmir.layout", "cbmir.files", "cbmir.logs"])
+@pytest.mark.parametrize("module", ["cbmir.layout", "cbmir.safety.files", "cbmir.logs"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning')))"
     proc = subprocess.run(

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def bench_cache(env: Env, setting: Setting, profile: Profile, *, batch: int) -> dict[str, Any]:
     """``profile.cache_repeats`` cold + cached pairs after ``profile.warmup`` untimed ones, each in a fresh folder."""
-    from cbmir.cell import run_cell
+    from cbmir.cell.run import run_cell
 
     n_db, n_q = profile.cache_images
     data_dir = env.work / "cache_data"

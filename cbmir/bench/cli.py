@@ -28,8 +28,8 @@ from cbmir.bench.profiles import PROFILES, TARGETS, Profile, parse_setting
 from cbmir.bench.search import bench_search
 from cbmir.bench.table import table
 from cbmir.bench.volume3d import bench_3d
-from cbmir.files import atomic_write_json
 from cbmir.layout import CONF_DIR, versions
+from cbmir.safety.files import atomic_write_json
 
 log = logging.getLogger("cbmir.bench")
 
@@ -68,7 +68,7 @@ PROFILE_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
 def parser() -> argparse.ArgumentParser:
     doc = package.__doc__ or ""
     p = argparse.ArgumentParser(
-        prog="python -m cbmir.bench",
+        prog="cbmir bench",
         description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=doc.split("\n", 1)[1],
@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over the profile over conf/config.yaml; adds ``profile`` (a Profile), ``settings`` and resolved values."""
-    from cbmir.cell import resolve_num_workers
+    from cbmir.cell.run import resolve_num_workers
 
     p = parser()
     args = p.parse_args(argv)

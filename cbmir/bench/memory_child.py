@@ -23,7 +23,7 @@ from torch import nn
 
 from cbmir.bench.common import Env, build, gb, subset, synthetic_split
 from cbmir.bench.pipeline import pipeline_run
-from cbmir.files import atomic_write_json
+from cbmir.safety.files import atomic_write_json
 
 
 def rollup(pid: int) -> dict[str, int]:

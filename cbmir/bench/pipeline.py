@@ -59,9 +59,9 @@ def pipeline_run(
     Returns ``(seconds, steady images/s, embeddings or None)``; the steady rate counts batches 2..N only
     (no loader start, no first batch, no teardown or merge), ``nan`` with a single batch.
     """
-    from cbmir.cell import build_trainer, make_loader
-    from cbmir.extract import EmbeddingModule
-    from cbmir.store import EmbeddingWriter
+    from cbmir.cell.extract import EmbeddingModule
+    from cbmir.cell.run import build_trainer, make_loader
+    from cbmir.cell.store import EmbeddingWriter
 
     cfg = env.cfg(batch)
     target = env.scratch("pipeline")
@@ -92,7 +92,7 @@ def pipeline_run(
 
 def backbone_input(backbone, images: torch.Tensor, *, min_source: int | None, device: torch.device) -> torch.Tensor:
     """Exactly the tensor EmbeddingModule hands the backbone for ``images`` (values, shape, dtype and memory format)."""
-    from cbmir.extract import EmbeddingModule
+    from cbmir.cell.extract import EmbeddingModule
 
     captured = {}
 

@@ -1,4 +1,4 @@
-"""Search: FAISS through ``cbmir.search.search`` vs the study's per-query loop (``np.linalg.norm`` + ``argsort``).
+"""Search: FAISS through ``cbmir.search.exact.search`` vs the study's per-query loop (``np.linalg.norm`` + ``argsort``).
 
 The loop is timed on a subset of the queries and scaled linearly: its cost is exactly per query.
 """
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def bench_search(profile: Profile, *, k: int = 5) -> dict[str, Any]:
     """Both searches on the same random non-negative features (GAP features of ReLU nets are), ranking by L2."""
-    from cbmir.search import search
+    from cbmir.search.exact import search
 
     n_db, n_q, d = profile.search_shape
     m = min(n_q, profile.loop_queries)

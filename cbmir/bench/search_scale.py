@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmir.ann import make_index, recall_at_k
+from cbmir.search.approximate import make_index, recall_at_k
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ def bench_3d(
     env: Env, setting: Setting, profile: Profile, *, volume_batch: int, max_forward_batch: int
 ) -> dict[str, Any]:
     """Batched slices vs one slice per forward, on the same resampled volumes (``volume_batch`` volumes a batch)."""
+    from cbmir.cell.extract import EmbeddingModule, VolumeSpec
     from cbmir.data import Split, load_split, resized_volumes, split_arrays
-    from cbmir.extract import EmbeddingModule, VolumeSpec
 
     backbone, cfg = build(env, setting.model)
     depth = 28

@@ -26,8 +26,8 @@ import numpy as np
 
 from cbmir.data.decode import DecodeSpec, decode_chunk, hash_chunk
 from cbmir.data.entries import LABEL_SEPARATOR, Entry
-from cbmir.files import atomic_save_npy, atomic_write_json, atomic_write_text
 from cbmir.logs import get_logger
+from cbmir.safety.files import atomic_save_npy, atomic_write_json, atomic_write_text
 
 log = get_logger(__name__)
 

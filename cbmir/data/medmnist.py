@@ -16,10 +16,10 @@ from pathlib import Path
 from cbmir.data.datasets import Split, load_split
 from cbmir.data.volumes import resized_volumes
 from cbmir.errors import ConfigError, DataError
-from cbmir.integrity import file_digest, fingerprint, problem
 from cbmir.layout import medmnist_file_name as file_name
-from cbmir.locks import exclusive, lock_path
 from cbmir.logs import get_logger
+from cbmir.safety.integrity import file_digest, fingerprint, problem
+from cbmir.safety.locks import exclusive, lock_path
 
 log = get_logger(__name__)
 

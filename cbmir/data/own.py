@@ -37,9 +37,9 @@ from cbmir.data.splits import (
 )
 from cbmir.data.volumes import resized_volumes
 from cbmir.errors import ConfigError, DataError
-from cbmir.files import atomic_write_json
 from cbmir.layout import safe_name
 from cbmir.logs import get_logger
+from cbmir.safety.files import atomic_write_json
 
 log = get_logger(__name__)
 

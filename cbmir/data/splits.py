@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cbmir.data.entries import Entry
-from cbmir.files import atomic_write_text
+from cbmir.safety.files import atomic_write_text
 
 DATABASE, QUERIES = "train", "test"
 

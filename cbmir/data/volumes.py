@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmir.locks import exclusive, lock_path
+from cbmir.safety.locks import exclusive, lock_path
 
 
 def resize_volumes(volumes: np.ndarray, side: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """OpenCLIP image towers (family ``open_clip``): ``encode_image`` of any open_clip model.
 
-Two configs use it: ``conf/model/any_open_clip.yaml`` (any model, named by its arch and tag) and the study's
+Two configs use it: ``conf/model/open_clip.yaml`` (any model, named by its arch and tag) and the study's
 ``conf/model/openclip.yaml`` (ViT-g-14, laion2b_s34b_b88k).
 
 ``arch`` is an open_clip model name (``ViT-g-14``) with ``tag`` a pretrained tag (``laion2b_s34b_b88k``):
@@ -139,7 +139,7 @@ def load_open_clip(cfg: Any) -> Backbone:
     arch, tag = cfg.get("arch"), cfg.get("tag")
     if not arch and not (tag and str(tag).startswith("hf-hub:")):
         raise ConfigError(
-            "model=any_open_clip needs model.arch=<open_clip model> (and model.tag=<pretrained tag>)"
+            "model=open_clip needs model.arch=<open_clip model> (and model.tag=<pretrained tag>)"
             " or model.tag=hf-hub:<org/repo>"
         )
     arch = str(arch) if arch else None

@@ -22,8 +22,8 @@ FAMILIES: dict[str, str] = {
     "conch15": "conch15:load_conch15",  # CONCH v1.5
     "biomedclip": "biomedclip:load_biomedclip",
     "medclip": "medclip:load_medclip",
-    "open_clip": "open_clip:load_open_clip",  # any open_clip image tower (conf/model/any_open_clip.yaml, openclip)
-    "timm": "timm:load_timm",  # any timm model (conf/model/any_timm.yaml)
+    "open_clip": "open_clip:load_open_clip",  # any open_clip image tower (conf/model/open_clip.yaml, openclip)
+    "timm": "timm:load_timm",  # any timm model (conf/model/timm.yaml)
 }
 
 Loader = Callable[[Any], Backbone]

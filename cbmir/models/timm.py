@@ -1,4 +1,4 @@
-"""Any timm model as a frozen encoder (family ``timm``, ``conf/model/any_timm.yaml``).
+"""Any timm model as a frozen encoder (family ``timm``, ``conf/model/timm.yaml``).
 
 ``model.arch`` is a timm name (with its pretrained tag) or ``hf-hub:org/repo``. The embedding is timm's
 pooled feature vector (the forward of ``num_classes=0``), the preprocessing the model's own pretrained
@@ -46,7 +46,7 @@ def load_timm(cfg: Any) -> Backbone:
 
     check_folder_name(cfg)
     if not cfg.get("arch"):
-        raise ConfigError("model=any_timm needs model.arch=<timm model name or hf-hub:org/repo>")
+        raise ConfigError("model=timm needs model.arch=<timm model name or hf-hub:org/repo>")
     arch = str(cfg.arch)
     kwargs = dict(plain(cfg.get("kwargs")) or {})
     files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")

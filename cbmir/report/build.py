@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cbmir.files import atomic_write_text
 from cbmir.layout import safe_name
 from cbmir.report.cells import Cell
 from cbmir.report.figures import write_figures
@@ -30,7 +29,8 @@ from cbmir.report.significance import Significance, column_statistics, report_se
 from cbmir.report.stat_figures import write_stat_figures
 from cbmir.report.tables import result_columns, result_rows, tables_markdown, write_csv
 from cbmir.report.tradeoff import write_tradeoffs
-from cbmir.stats import StatsSettings
+from cbmir.safety.files import atomic_write_text
+from cbmir.stats.bootstrap import StatsSettings
 
 
 @dataclass

@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; inputs, report and W&B folders default to places under ``paths.output_dir``."""
     output_dir = default_output_dir()
     p = argparse.ArgumentParser(
-        prog="python -m cbmir.report",
+        prog="cbmir report",
         description="Build the study's tables and figures from result folders and compare them with the paper.",
     )
     p.add_argument(

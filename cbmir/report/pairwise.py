@@ -3,7 +3,7 @@
 Each row is one pair ``a - b`` (the pair in the report's model order) and one metric: the mean
 per-query difference in percentage points, its paired-bootstrap interval, the raw p-value of the
 paired test and the p-value corrected over the pairs of that column and metric (``stats.correction``,
-Holm by default), as :func:`cbmir.paired.compare_models` gives them.
+Holm by default), as :func:`cbmir.stats.paired.compare_models` gives them.
 """
 
 from __future__ import annotations

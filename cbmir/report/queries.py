@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cbmir.layout import medmnist_file_name
-from cbmir.per_query import FILE_NAME, read_per_query, recompute_per_query
+from cbmir.metrics.per_query import FILE_NAME, read_per_query, recompute_per_query
 from cbmir.report.cells import Cell
 
 log = logging.getLogger(__name__)

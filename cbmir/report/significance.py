@@ -1,7 +1,7 @@
 """Intervals and paired comparisons of one protocol's cells, column by column, from their per-query scores.
 
 A column is one (dataset, size): its models were scored on the same queries, so
-:func:`cbmir.paired.compare_models` gives every model's bootstrap interval and every pair's paired
+:func:`cbmir.stats.paired.compare_models` gives every model's bootstrap interval and every pair's paired
 difference (interval, sign-flip p-value, Holm-corrected over the pairs of that column and metric)
 in one pass. The intervals equal the cells' own ``result.json`` intervals for the same settings.
 
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cbmir.layout import CONF_DIR
-from cbmir.metrics import class_membership
-from cbmir.paired import ColumnStatistics, Comparison, adjust_pvalues, compare_models
+from cbmir.metrics.retrieval import class_membership
 from cbmir.report.cells import Cell
 from cbmir.report.naming import is_finite, model_order
 from cbmir.report.queries import QueryScores, load_query_scores
-from cbmir.stats import StatsSettings
+from cbmir.stats.bootstrap import StatsSettings
+from cbmir.stats.paired import ColumnStatistics, Comparison, adjust_pvalues, compare_models
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 * ``forest_<metric>.png``: a panel per (dataset, size), a row per model: the value and its bootstrap
   interval; filled = best or not significantly worse than it (the tables' bold and ≈), hollow = worse.
 * ``cd_<metric>_<size>.png``: the models' average ranks over the datasets at one size, Friedman's test
-  and Nemenyi's critical difference (:mod:`cbmir.ranks`, Demšar 2006); bars join models the test
+  and Nemenyi's critical difference (:mod:`cbmir.stats.ranks`, Demšar 2006); bars join models the test
   cannot separate. Drawn where at least 3 models have a value on at least 2 datasets at that size.
 """
 
@@ -84,7 +84,7 @@ def forest_figure(cells: Sequence[Cell], metric: str, significance: Significance
 
 def cd_figure(cells: Sequence[Cell], metric: str, size: int, path: Path) -> Path | None:
     """Critical-difference diagram of one metric at one size, datasets as blocks; None where too few."""
-    from cbmir.ranks import draw_cd_diagram, rank_models
+    from cbmir.stats.ranks import draw_cd_diagram, rank_models
 
     grid = {(d, m): v for (d, s, m), v in value_grid(cells, lambda c: c.metrics.get(metric)).items() if s == size}
     datasets = dataset_order(d for d, _ in grid)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from cbmir.files import atomic_write_text
 from cbmir.layout import SIZES_3D
 from cbmir.report.cells import Cell
 from cbmir.report.naming import (
@@ -27,6 +26,7 @@ from cbmir.report.naming import (
     model_order,
 )
 from cbmir.report.significance import Significance, describe_test, not_worse_than_best
+from cbmir.safety.files import atomic_write_text
 
 #: (dataset, size, model) -> a value: the shape every table and figure is drawn from.
 Grid = dict[tuple[str, int, str], float]

@@ -1,4 +1,4 @@
-"""cbmir's cluster launchers, where Hydra looks for launchers (the ``hydra_plugins`` namespace); logic in cbmir.cluster.
+"""cbmir's cluster launchers, where Hydra looks for launchers (``hydra_plugins``); logic in cbmir.launch.cluster.
 
 Defined only when the ``cluster`` extra (hydra-submitit-launcher) is installed.
 """
@@ -9,7 +9,7 @@ try:
 except ImportError:  # no `cluster` extra: hydra/launcher=slurm|local are unavailable, everything else works
     pass
 else:
-    from cbmir.cluster import PerJobResources
+    from cbmir.launch.cluster import PerJobResources
 
     class SlurmLauncher(PerJobResources, _SubmititSlurm):
         """``hydra/launcher=slurm``: job arrays on SLURM, resources per cell (``model.resources``)."""

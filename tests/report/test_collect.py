@@ -8,8 +8,7 @@ import pytest
 
 from cbmir.report.cells import cell_from_result
 from cbmir.report.collect import find_result_files, load_cells
-
-from .result_files import write_result
+from tests.helpers.result_files import write_result
 
 
 def test_duplicates_bad_files_and_inputs(sweep, tmp_path, caplog):

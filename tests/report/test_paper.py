@@ -9,8 +9,7 @@ from cbmir.report.build import build_report
 from cbmir.report.collect import find_result_files, load_cells
 from cbmir.report.naming import MISSING
 from cbmir.report.paper import compare_with_paper, load_paper, published_cells, study_cells, summarize_comparison
-
-from .result_files import read_csv, write_result
+from tests.helpers.result_files import read_csv, write_result
 
 
 def test_paper_results_are_packaged_and_mapped():

@@ -14,16 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbmir.metrics import per_query_scores
-from cbmir.paired import metric_intervals
-from cbmir.per_query import write_per_query
+from cbmir.metrics.per_query import write_per_query
+from cbmir.metrics.retrieval import per_query_scores
 from cbmir.report.build import build_report
 from cbmir.report.collect import find_result_files, load_cells
 from cbmir.report.naming import metric_order
 from cbmir.report.tables import metric_table
-from cbmir.stats import StatsSettings
-
-from .result_files import read_csv, write_result
+from cbmir.stats.bootstrap import StatsSettings
+from cbmir.stats.paired import metric_intervals
+from tests.helpers.result_files import read_csv, write_result
 
 Q = 200
 SETTINGS = StatsSettings(resamples=1000, seed=0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from cbmir.report.build import build_report
 from cbmir.report.naming import MISSING
 from cbmir.report.tables import coverage, metric_table
-
-from .result_files import read_csv
+from tests.helpers.result_files import read_csv
 
 
 def test_results_csv_carries_every_number(sweep_cells, tmp_path):

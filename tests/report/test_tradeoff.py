@@ -2,7 +2,7 @@
 
 import pytest
 
-from cbmir.cell import run_cell
+from cbmir.cell.run import run_cell
 from cbmir.report.tradeoff import load_results, markdown_table, plot_tradeoff, tradeoff_rows
 
 
