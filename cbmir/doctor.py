@@ -10,7 +10,6 @@ checked. Exit status 1 when the sweep cannot run, with what to do.
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
 import sys
@@ -21,7 +20,8 @@ from omegaconf import DictConfig
 
 from cbmir.data import ROLE_SPLIT, file_name, md5sum, medmnist_info, source_of
 from cbmir.errors import CbmirError, InvalidCellError
-from cbmir.layout import CONF_DIR, cell_name, dataset_id, model_id, versions
+from cbmir.launch.preflight import compose, every_cell, sweep_axes
+from cbmir.layout import cell_name, dataset_id, model_id, versions
 from cbmir.safety.files import free_bytes, human_bytes
 
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -61,34 +61,7 @@ def offline() -> bool:
 
 def expand(overrides: list[str]) -> list[list[str]]:
     """The override list of every cell, as ``cbmir run -m`` would sweep them (an experiment's params included)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    args = [o for o in overrides if o not in ("-m", "--multirun")]
-    parsed = parser.parse_overrides(args)
-    experiment = next((o.value() for o in parsed if o.key_or_group == "experiment"), None)
-    axes: dict[str, list[str]] = {}
-    if experiment:
-        base = compose([f"experiment={experiment}"], hydra=True)
-        for key, value in (base.hydra.sweeper.params or {}).items():
-            axes[key] = [f"{key}={v}" for v in _values(parser.parse_overrides([f"{key}={value}"])[0])]
-    for o in parsed:
-        axes[o.input_line.split("=", 1)[0]] = [f"{o.get_key_element()}={v}" for v in _values(o)]
-    return [list(cell) for cell in itertools.product(*axes.values())]
-
-
-def _values(override) -> list[str]:
-    if override.is_sweep_override():
-        return list(override.sweep_string_iterator())
-    return [override.get_value_element_as_str()]
-
-
-def compose(overrides: list[str], *, hydra: bool = False) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+    return every_cell(sweep_axes([o for o in overrides if o not in ("-m", "--multirun")]))
 
 
 # -- checks -------------------------------------------------------------------------------------------------------
@@ -256,10 +229,10 @@ def check_dataset(report: Report, cfg: DictConfig) -> int:
 
 
 def embedding_width(cfg: DictConfig) -> int:
-    from cbmir.cell.run import volume_side, volume_spec
+    from cbmir.cell.spec import build_spec
 
-    volume = volume_spec(cfg)
-    return volume.embedding_dim(int(cfg.model.dim), volume_side(cfg)) if volume else int(cfg.model.dim)
+    spec = build_spec(cfg)
+    return spec.volume.embedding_dim(int(cfg.model.dim), spec.volume_side) if spec.volume else int(cfg.model.dim)
 
 
 def result_bytes(cfg: DictConfig) -> tuple[int, int]:
@@ -273,14 +246,14 @@ def result_bytes(cfg: DictConfig) -> tuple[int, int]:
 
 
 def diagnose(overrides: list[str]) -> Report:
-    from cbmir.cell.run import validate
+    from cbmir.cell.spec import build_spec
 
     report = Report()
     cells, invalid = [], []
     for cell in expand(overrides):
         cfg = compose(cell)
         try:
-            validate(cfg)
+            build_spec(cfg)
         except InvalidCellError as exc:
             invalid.append(f"{cell_name(cfg)}: {exc}")
             continue

@@ -49,19 +49,19 @@ PRIMARY = {"config.yaml": (), "index.yaml": ("index",)}
 
 
 def check_dataset(name: str, cfg: DictConfig) -> None:
-    from cbmir.cell.run import validate
+    from cbmir.cell.spec import build_spec
     from cbmir.errors import ConfigError
 
     if cfg.dataset.get("kind", "medmnist") != "medmnist":  # own data: the user names it and points at the files
         assert cfg.dataset.kind == name and cfg.dataset.name is None
         cfg.size = 32
         with pytest.raises(ConfigError, match="dataset.name"):
-            validate(cfg)
+            build_spec(cfg)
         return
     assert cfg.dataset.name == name == cfg.dataset.flag
     for size in cfg.dataset.sizes:
         cfg.size = size
-        validate(cfg)
+        build_spec(cfg)
 
 
 def check_experiment(name: str, cfg: DictConfig) -> None:

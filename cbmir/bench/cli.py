@@ -107,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over the profile over conf/config.yaml; adds ``profile`` (a Profile), ``settings`` and resolved values."""
     from cbmir.cell.run import resolve_num_workers
+    from cbmir.cell.spec import TrainerSpec
 
     p = parser()
     args = p.parse_args(argv)
@@ -131,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_workers is not None:
         base.num_workers = args.num_workers
     args.num_workers_config = base.num_workers
-    args.num_workers = resolve_num_workers(base)  # the cells' own resolution: 0 on CPU, min(8, CPUs) on GPU
+    placement = TrainerSpec(str(base.trainer.accelerator), base.trainer.devices, str(base.trainer.strategy), 1)
+    args.num_workers = resolve_num_workers(base.num_workers, placement)  # the cells' own: 0 on CPU, min(8, CPUs) on GPU
 
     if args.setting:
         settings = list(args.setting)

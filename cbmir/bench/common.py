@@ -151,18 +151,11 @@ class Env:
     def accelerator(self) -> str:
         return "gpu" if self.device.type == "cuda" else "cpu"
 
-    def cfg(self, batch: int):
-        """The slice of a cell config that ``build_trainer``, ``make_loader`` and ``resolve_precision`` read."""
-        from omegaconf import OmegaConf
+    def trainer(self):
+        """The placement ``build_trainer`` reads: one device of this bench's kind."""
+        from cbmir.cell.spec import TrainerSpec
 
-        return OmegaConf.create(
-            {
-                "trainer": {"accelerator": self.accelerator, "devices": 1, "strategy": "auto", "num_nodes": 1},
-                "precision": self.precision,
-                "batch_size": batch,
-                "num_workers": self.workers,
-            }
-        )
+        return TrainerSpec(accelerator=self.accelerator, devices=1, strategy="auto", num_nodes=1)
 
     def scratch(self, stem: str) -> Path:
         self.counter += 1

@@ -127,7 +127,7 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     ``params``: ``env`` (``Env.params()``), ``threads``, ``tmp_dir``, ``model``, ``size``, ``images``, ``batch``,
     ``model_images``.
     """
-    from cbmir.models.registry import Backbone
+    from cbmir.models.base import Backbone
 
     if params.get("threads"):
         torch.set_num_threads(params["threads"])

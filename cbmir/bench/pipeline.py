@@ -63,7 +63,6 @@ def pipeline_run(
     from cbmir.cell.run import build_trainer, make_loader
     from cbmir.cell.store import EmbeddingWriter
 
-    cfg = env.cfg(batch)
     target = env.scratch("pipeline")
     dim = dim or backbone.dim
     clock = BatchClock()
@@ -71,11 +70,11 @@ def pipeline_run(
         sync(env.device)
         t0 = time.perf_counter()
         writer = EmbeddingWriter([target], [len(split)], dim)
-        trainer = build_trainer(cfg, [writer, clock], env.work)
+        trainer = build_trainer(env.trainer(), env.precision, [writer, clock], env.work)
         module = EmbeddingModule(
             backbone, min_source_size=min_source, volume=volume, max_forward_batch=max_forward_batch
         )
-        trainer.predict(module, dataloaders=[make_loader(split, cfg)], return_predictions=False)
+        trainer.predict(module, dataloaders=[make_loader(split, batch, env.workers)], return_predictions=False)
         sync(env.device)
         seconds = time.perf_counter() - t0
     emb = np.load(target, allow_pickle=False)

@@ -1,4 +1,9 @@
-"""RetrievalEvaluator: after extraction, search the database for every query, score it and write the result."""
+"""The cell's evaluation: search the database for every query, score it, bootstrap it and write the result files.
+
+Pure of Lightning: :class:`Evaluation` takes the embeddings' files and the cell's facts (:class:`CellResult`) and
+writes ``result.json`` (last, atomically), ``per_query.npz``, neighbours, distances and the gallery. The Lightning
+callback (:mod:`cbmir.cell.callback`) only times the extraction and calls it on rank 0.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch.callbacks import Callback
 
 from cbmir import __version__
 from cbmir.cell.store import atomic_save_npy, atomic_write_json
@@ -68,30 +72,15 @@ def interval_bounds(intervals: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-class RetrievalEvaluator(Callback):
-    """Builds the exact index, computes the metrics, writes ``result.json`` (last, atomically) and logs.
-
-    Triggered by ``on_predict_end`` on rank 0 once the writer has merged the embeddings,
-    or called directly through :meth:`evaluate` when every embedding came from the cache.
-    """
+class Evaluation:
+    """Builds the index (exact, or the cell's approximate one), computes the metrics, writes the result, logs."""
 
     def __init__(self, cell: CellResult, loggers: list | None = None):
-        super().__init__()
         self.cell = cell
         self.loggers = loggers or []
         self.extraction_seconds = 0.0
-        self._t0: float | None = None
         self.result: dict[str, Any] | None = None
         self.scores: dict[str, np.ndarray] = {}
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if self._t0 is not None:
-            self.extraction_seconds = time.perf_counter() - self._t0
-        if trainer.is_global_zero:
-            self.evaluate()
 
     def evaluate(self) -> dict[str, Any]:
         c = self.cell

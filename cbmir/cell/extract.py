@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from cbmir.errors import CbmirError, ConfigError
+from cbmir.cell.spec import VolumeSpec
+from cbmir.errors import CbmirError
 from cbmir.logs import get_logger
 from cbmir.models.base import Backbone, Preprocess
 from cbmir.safety import faults
@@ -100,33 +99,6 @@ def input_layout(x: torch.Tensor) -> torch.memory_format:
     if x.device.type == "cuda" or min(x.shape[-2:]) >= CPU_CHANNELS_LAST_MIN:
         return torch.channels_last
     return torch.contiguous_format
-
-
-AGGREGATES = ("concat", "mean", "max")
-PLANES = ("axial", "tri")
-
-
-@dataclass(frozen=True)
-class VolumeSpec:
-    """How a 3D volume goes through a 2D backbone: slicing planes and slice aggregation.
-
-    ``axial`` slices along the first array axis only (the study); ``tri`` along all three
-    axes. ``concat`` joins the slice embeddings in slice order (and plane order), ``mean``
-    and ``max`` pool them into one d-dimensional, order-free embedding.
-    """
-
-    aggregate: str = "concat"
-    planes: str = "axial"
-
-    def __post_init__(self) -> None:
-        if self.aggregate not in AGGREGATES:
-            raise ConfigError(f"dataset.aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
-        if self.planes not in PLANES:
-            raise ConfigError(f"dataset.planes must be one of {PLANES}, got {self.planes!r}")
-
-    def embedding_dim(self, d: int, side: int) -> int:
-        slices = side * (3 if self.planes == "tri" else 1)
-        return slices * d if self.aggregate == "concat" else d
 
 
 def volume_slices(volumes: torch.Tensor, planes: str) -> torch.Tensor:

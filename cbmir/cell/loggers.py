@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
-
-from cbmir.layout import model_id
 from cbmir.logs import get_logger
 from cbmir.safety.secrets import redact, redacted_argv
+
+if TYPE_CHECKING:
+    from cbmir.cell.spec import CellSpec
 
 log = get_logger(__name__)
 
 
-def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None = None) -> list:
+def make_loggers(spec: CellSpec, *, group: str | None = None) -> list:
     """Lightning loggers for one cell; W&B runs are named by the cell and grouped by sweep."""
     loggers = []
-    lcfg = cfg.get("logger") or {}
+    out_dir, name = spec.out_dir, spec.name
+    lcfg = spec.logger
     if lcfg.get("csv", {}).get("enabled", False):
         from lightning.pytorch.loggers import CSVLogger
 
         csv = CSVLogger(save_dir=str(out_dir), name="logs", version="")
-        csv.log_hyperparams(_flat_config(cfg))
+        csv.log_hyperparams(_flat_config(spec.config))
         loggers.append(csv)
     wcfg = lcfg.get("wandb", {})
     if wcfg.get("enabled", False) and wcfg.get("mode", "offline") != "disabled":
@@ -40,17 +42,17 @@ def make_loggers(cfg: DictConfig, out_dir: Path, *, name: str, group: str | None
             job_type="cell",
             save_dir=str(save_dir),
             mode=mode,
-            config=redact(OmegaConf.to_container(cfg, resolve=True)),
+            config=redact(spec.config),
         )
         # Flat keys W&B can group and filter on, whatever the nesting of the config.
         with redacted_argv():  # the run starts here, and W&B records the command line in its metadata
             wandb_logger.experiment.config.update(
                 {
-                    "cell/model": model_id(cfg),
-                    "cell/dataset": cfg.dataset.name,
-                    "cell/size": cfg.size,
-                    "cell/protocol": cfg.protocol.name,
-                    "cell/metric": cfg.protocol.metric,
+                    "cell/model": spec.model_id,
+                    "cell/dataset": str(spec.dataset.name),
+                    "cell/size": spec.size,
+                    "cell/protocol": spec.protocol.name,
+                    "cell/metric": spec.protocol.metric,
                     "cell/sweep": group or "single",
                 },
                 allow_val_change=True,
@@ -73,7 +75,7 @@ def close_loggers(loggers: list) -> None:
             wandb.finish()
 
 
-def _flat_config(cfg: DictConfig) -> dict:
+def _flat_config(config: dict) -> dict:
     def flatten(d, prefix=""):
         for key, value in d.items():
             if isinstance(value, dict):
@@ -81,4 +83,4 @@ def _flat_config(cfg: DictConfig) -> dict:
             else:
                 yield f"{prefix}{key}", value
 
-    return dict(flatten(redact(OmegaConf.to_container(cfg, resolve=True))))
+    return dict(flatten(redact(config)))

@@ -1,4 +1,4 @@
-"""One cell = (protocol, dataset, size, model): validate, extract (or reuse), evaluate, write the result.
+"""One cell = (protocol, dataset, size, model): from its spec, extract (or reuse), evaluate, write the result.
 
 A cell is idempotent: its result lives at a deterministic path, and a finished cell
 is skipped unless ``overwrite=true``, so a broken sweep resumes where it stopped.
@@ -8,169 +8,108 @@ a cache entry is reused only when its recorded size and checksum match.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from cbmir.cell.evaluate import CellResult, RetrievalEvaluator
+from cbmir.cell.callback import RetrievalEvaluator
+from cbmir.cell.evaluate import CellResult
 from cbmir.cell.loggers import close_loggers, make_loggers
+from cbmir.cell.spec import CellSpec, TrainerSpec, build_spec
 from cbmir.cell.store import EmbeddingWriter, cache_path, entry_problem, reusable
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_splits
-from cbmir.errors import ConfigError, InvalidCellError, LockBusyError, NonFiniteEmbeddingError
-from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
+from cbmir.errors import ConfigError, LockBusyError, NonFiniteEmbeddingError
+from cbmir.layout import versions
 from cbmir.logs import get_logger
-from cbmir.metrics.retrieval import TIE_RULES
 from cbmir.safety import faults
 from cbmir.safety.files import require_space
 from cbmir.safety.locks import FileLock, LockTimeout, lock_path
 from cbmir.safety.secrets import redact
-from cbmir.search.approximate import search_spec
-from cbmir.search.exact import METRICS
-from cbmir.stats.bootstrap import StatsSettings
 
 log = get_logger(__name__)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Everything that can be checked before a model is built or a file downloaded."""
-    facts = dataset_facts(cfg.dataset)
-    if not isinstance(cfg.size, int) or cfg.size < 1:
-        raise InvalidCellError(f"size must be a positive integer, got {cfg.size!r}")
-    if facts.sizes is not None and cfg.size not in facts.sizes:
-        sizes = list(facts.sizes)
-        raise InvalidCellError(f"dataset {cfg.dataset.name} has sizes {sizes}; size={cfg.size} is not one of them")
-    if cfg.protocol.metric not in METRICS:
-        raise ConfigError(f"protocol.metric must be one of {list(METRICS)}, got {cfg.protocol.metric!r}")
-    if cfg.protocol.vote_ties not in TIE_RULES:
-        raise ConfigError(f"protocol.vote_ties must be one of {list(TIE_RULES)}, got {cfg.protocol.vote_ties!r}")
-    n_database = facts.n_database
-    if not isinstance(cfg.k, int) or not 1 <= cfg.k <= (n_database or cfg.k):
-        raise ConfigError(
-            f"k={cfg.k} must be an integer between 1 and the database size ({n_database} for {cfg.dataset.name})"
-        )
-    if cfg.protocol.get("exclude_same_group") and facts.kind == "medmnist":
-        raise ConfigError("protocol.exclude_same_group needs groups (patients): own data (dataset=folder|manifest)")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
-    if cfg.num_workers != "auto" and (not isinstance(cfg.num_workers, int) or cfg.num_workers < 0):
-        raise ConfigError(f"num_workers must be auto or a non-negative integer, got {cfg.num_workers!r}")
-    from cbmir.models import families
-
-    if cfg.model.get("family") not in families():
-        raise ConfigError(f"model.family {cfg.model.get('family')!r} is not registered; known: {families()}")
-    if not isinstance(cfg.max_forward_batch, int) or cfg.max_forward_batch < 1:
-        raise ConfigError(f"max_forward_batch must be a positive integer, got {cfg.max_forward_batch!r}")
-    floor = cfg.get("min_forward_batch", 1)
-    if not isinstance(floor, int) or not 1 <= floor <= cfg.max_forward_batch:
-        raise ConfigError(f"min_forward_batch must be an integer in [1, max_forward_batch], got {floor!r}")
-    wait = cfg.get("lock_wait")
-    if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
-        raise ConfigError(f"lock_wait must be null (wait while the holder runs) or seconds >= 0, got {wait!r}")
-    volume_spec(cfg)
-    StatsSettings.from_config(cfg.get("stats"))
-    search_spec(cfg)
-    if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
-        raise ConfigError(f"model.weights={cfg.model.weights} does not exist")
-
-
-def volume_spec(cfg: DictConfig):
-    """The 3D handling of a volume dataset (``None`` for 2D), validated."""
-    if cfg.dataset.get("dims", 2) != 3:
-        return None
-    from cbmir.cell.extract import VolumeSpec
-
-    return VolumeSpec(aggregate=cfg.dataset.get("aggregate", "concat"), planes=cfg.dataset.get("planes", "axial"))
-
-
-def volume_side(cfg: DictConfig) -> int | None:
-    """Edge of the resampled cube: the cell's size, raised to the protocol's minimum (28 → 32, as the study)."""
-    if cfg.dataset.get("dims", 2) != 3:
-        return None
-    return max(cfg.size, cfg.protocol.min_source_size or 0)
-
-
 def embedding_fields(
-    cfg: DictConfig, identity: dict[str, Any], preprocess: dict[str, Any], role: str, content: str | None = None
+    spec: CellSpec, identity: dict[str, Any], preprocess: dict[str, Any], role: str, content: str | None = None
 ) -> dict[str, Any]:
     """Everything the embeddings of one split depend on: the content key of the cache.
 
     ``content`` is own data's ingested content key (every file's bytes, label, split and decoding setting).
     """
     fields = {
-        "model": model_id(cfg),
+        "model": spec.model_id,
         "backbone": identity,
         "preprocess": preprocess,
-        "min_source_size": cfg.protocol.min_source_size,
-        "precision": resolve_precision(cfg),
-        "dataset": cfg.dataset.name,
-        "flag": cfg.dataset.get("flag"),
-        "size": cfg.size,
+        "min_source_size": spec.protocol.min_source_size,
+        "precision": resolve_precision(spec.precision, spec.trainer),
+        "dataset": spec.dataset.name,
+        "flag": spec.dataset.get("flag"),
+        "size": spec.size,
         "split": ROLE_SPLIT[role],
     }
-    volume = volume_spec(cfg)
-    if volume is not None:
+    if spec.volume is not None:
         # the resampling method is versioned: change it and every 3D cache entry changes
         fields["volume"] = {
-            "aggregate": volume.aggregate,
-            "planes": volume.planes,
-            "side": volume_side(cfg),
+            "aggregate": spec.volume.aggregate,
+            "planes": spec.volume.planes,
+            "side": spec.volume_side,
             "resample": "spline3-axis0+bicubic2d, clipped, v1",
         }
     if identity.get("weights") == "random":
-        fields["seed"] = cfg.seed
+        fields["seed"] = spec.seed
     if content is not None:
         fields["content"] = content
     return fields
 
 
-def make_loader(split, cfg: DictConfig) -> DataLoader:
+def make_loader(split, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(
         ImageArrayDataset(split),
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         shuffle=False,
-        num_workers=resolve_num_workers(cfg),
+        num_workers=num_workers,
         collate_fn=collate_batched,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
 
 
-def resolve_num_workers(cfg: DictConfig) -> int:
+def resolve_num_workers(num_workers: int | str, trainer: TrainerSpec) -> int:
     """``auto``: no worker processes on CPU (the split is memory-mapped and preprocessing runs in the module, so
     workers would only take cores from the model), ``min(8, CPUs)`` where a GPU runs the cell."""
-    if cfg.num_workers != "auto":
-        return int(cfg.num_workers)
-    return min(8, os.cpu_count() or 1) if runs_on_gpu(cfg) else 0
+    if num_workers != "auto":
+        return int(num_workers)
+    return min(8, os.cpu_count() or 1) if runs_on_gpu(trainer) else 0
 
 
-def runs_on_gpu(cfg: DictConfig) -> bool:
-    accelerator = cfg.trainer.accelerator
+def runs_on_gpu(trainer: TrainerSpec) -> bool:
+    accelerator = trainer.accelerator
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def resolve_precision(cfg: DictConfig) -> str:
+def resolve_precision(precision: str, trainer: TrainerSpec) -> str:
     """``auto``: bf16 autocast where a GPU runs the cell, full fp32 on CPU."""
-    if cfg.precision != "auto":
-        return str(cfg.precision)
-    return "bf16-mixed" if runs_on_gpu(cfg) else "32-true"
+    if precision != "auto":
+        return str(precision)
+    return "bf16-mixed" if runs_on_gpu(trainer) else "32-true"
 
 
-def build_trainer(cfg: DictConfig, callbacks: list, out_dir: Path) -> L.Trainer:
-    t = cfg.trainer
+def build_trainer(trainer: TrainerSpec, precision: str, callbacks: list, out_dir: Path) -> L.Trainer:
+    t = trainer
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=t.strategy,
         num_nodes=t.num_nodes,
-        precision=resolve_precision(cfg),
+        precision=resolve_precision(precision, trainer),
         logger=False,
         callbacks=callbacks,
         enable_checkpointing=False,
@@ -195,21 +134,21 @@ def _multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _finished(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
-    result_file = out / "result.json"
-    if result_file.exists() and not cfg.overwrite:
-        log.info("%s: finished already (%s); overwrite=true recomputes it", cell_name(cfg), result_file)
+def _finished(spec: CellSpec) -> dict[str, Any] | None:
+    result_file = spec.out_dir / "result.json"
+    if result_file.exists() and not spec.overwrite:
+        log.info("%s: finished already (%s); overwrite=true recomputes it", spec.name, result_file)
         return json.loads(result_file.read_text())
     return None
 
 
-def _lock_cell(cfg: DictConfig, out: Path) -> FileLock | None:
+def _lock_cell(spec: CellSpec) -> FileLock | None:
     """Rank 0 takes the cell's lock (other ranks follow rank 0), waiting ``lock_wait`` seconds (null: while its
     holder lives); a live holder past that means the cell is being computed elsewhere."""
     if _rank() != 0:
         return None
-    wait = None if _multi_process() or cfg.get("lock_wait") is None else float(cfg.lock_wait)
-    lock = FileLock(lock_path(out), timeout=wait)
+    wait = None if _multi_process() else spec.lock_wait
+    lock = FileLock(lock_path(spec.out_dir), timeout=wait)
     try:
         return lock.acquire()
     except LockTimeout:
@@ -217,8 +156,8 @@ def _lock_cell(cfg: DictConfig, out: Path) -> FileLock | None:
         raise LockBusyError(
             lock.path,
             holder,
-            f"{cell_name(cfg)} is being computed by {holder} (lock {lock.path}); its result will appear in "
-            f"{out}. Rerun later, or set lock_wait=SECONDS (null: as long as it runs) to wait for it.",
+            f"{spec.name} is being computed by {holder} (lock {lock.path}); its result will appear in "
+            f"{spec.out_dir}. Rerun later, or set lock_wait=SECONDS (null: as long as it runs) to wait for it.",
         ) from None
 
 
@@ -230,32 +169,30 @@ def _lock_holder(path: Path) -> str:
     return f"process {held.get('pid')} on {held.get('host')}"
 
 
-def run_cell(cfg: DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
-    """Run one cell; return its result dict on rank 0 (``None`` on other ranks)."""
-    validate(cfg)
-    out = cell_dir(cfg)
-    if (done := _finished(cfg, out)) is not None:
+def run_cell(cell: CellSpec | DictConfig, *, group: str | None = None) -> dict[str, Any] | None:
+    """Run one cell (a spec, or a composed config validated here); its result dict on rank 0, ``None`` elsewhere."""
+    spec = cell if isinstance(cell, CellSpec) else build_spec(cell)
+    if (done := _finished(spec)) is not None:
         return done
-    lock = _lock_cell(cfg, out)
+    lock = _lock_cell(spec)
     try:
-        if lock is not None and not _multi_process() and (done := _finished(cfg, out)) is not None:
+        if lock is not None and not _multi_process() and (done := _finished(spec)) is not None:
             return done  # another process finished it while this one waited
-        if lock is not None and cfg.overwrite:
-            (out / "result.json").unlink(missing_ok=True)  # an interrupted overwrite leaves no stale result
+        if lock is not None and spec.overwrite:
+            (spec.out_dir / "result.json").unlink(missing_ok=True)  # an interrupted overwrite leaves no stale result
         try:
-            result = compute_cell(cfg, group=group)
+            result = compute_cell(spec, group=group)
         except NonFiniteEmbeddingError as exc:
-            precision = resolve_precision(cfg)
-            if cfg.precision != "auto" or precision == "32-true":
+            precision = resolve_precision(spec.precision, spec.trainer)
+            if spec.precision != "auto" or precision == "32-true":
                 advice = (
                     f"run with precision=32-true (this run used {precision})"
                     if precision != "32-true"
                     else "they are not a precision overflow: check the model's weights and preprocessing"
                 )
-                raise NonFiniteEmbeddingError(f"{cell_name(cfg)}: {exc}; {advice}", exc.bad_rows) from exc
-            log.warning("%s: %s under %s; recomputing in fp32 (precision=32-true)", cell_name(cfg), exc, precision)
-            fp32 = copy.deepcopy(cfg)
-            fp32.precision = "32-true"
+                raise NonFiniteEmbeddingError(f"{spec.name}: {exc}; {advice}", exc.bad_rows) from exc
+            log.warning("%s: %s under %s; recomputing in fp32 (precision=32-true)", spec.name, exc, precision)
+            fp32 = replace(spec, precision="32-true")
             result = compute_cell(fp32, group=group, fallback={"from": precision, "bad_rows": exc.bad_rows})
         faults.hit("after_cell")
         return result
@@ -282,50 +219,50 @@ def _cached(path: Path, fields: dict[str, Any]) -> bool:
 
 
 def compute_cell(
-    cfg: DictConfig, *, group: str | None = None, fallback: dict[str, Any] | None = None
+    cell: CellSpec, *, group: str | None = None, fallback: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """Extract what the cache lacks, evaluate and write the result (the caller holds the cell's lock)."""
     from cbmir.models import build_backbone
 
-    out = cell_dir(cfg)
+    out = cell.out_dir
     t_start = time.perf_counter()
-    L.seed_everything(cfg.seed, verbose=False)
-    side, volume = volume_side(cfg), volume_spec(cfg)
-    opened = open_splits(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT.values(), volume_side=side)
+    L.seed_everything(cell.seed, verbose=False)
+    side, volume = cell.volume_side, cell.volume
+    opened = open_splits(cell.dataset, cell.size, cell.data_dir, ROLE_SPLIT.values(), volume_side=side)
     splits = {role: opened[split] for role, split in ROLE_SPLIT.items()}
-    if cfg.k > len(splits["database"]):
+    if cell.k > len(splits["database"]):
         raise ConfigError(
-            f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px"
+            f"k={cell.k} exceeds the {len(splits['database'])} database images of {cell.dataset.name} at {cell.size} px"
         )
-    backbone = build_backbone(cfg.model)
+    backbone = build_backbone(cell.model)
     spec = backbone.preprocess.as_dict()
-    cache_root = Path(cfg.paths.output_dir) / "cache"
+    cache_root = cell.cache_dir
     origin = {role: splits[role].provenance for role in ROLE_SPLIT}  # own data: source files, groups, content
     fields = {
-        role: embedding_fields(cfg, backbone.identity, spec, role, origin[role] and origin[role].content_key)
+        role: embedding_fields(cell, backbone.identity, spec, role, origin[role] and origin[role].content_key)
         for role in ROLE_SPLIT
     }
     targets = {role: cache_path(cache_root, fields[role]) for role in ROLE_SPLIT}
     entry_locks = _lock_entries(targets)
     loggers: list = []
     try:
-        todo = [role for role in ROLE_SPLIT if not (cfg.use_cache and _cached(targets[role], fields[role]))]
+        todo = [role for role in ROLE_SPLIT if not (cell.use_cache and _cached(targets[role], fields[role]))]
         for role in ROLE_SPLIT:
             if role not in todo:
-                log.info("%s: %s embeddings from cache (%s)", cell_name(cfg), role, targets[role])
+                log.info("%s: %s embeddings from cache (%s)", cell.name, role, targets[role])
             elif role in entry_locks:
                 targets[role].with_name(targets[role].name + ".tmp.npy").unlink(missing_ok=True)  # a crashed merge's
 
         record = {
-            "protocol": protocol_id(cfg),
-            "dataset": dataset_id(cfg),
-            "size": cfg.size,
-            "model": model_id(cfg),
+            "protocol": cell.protocol.id,
+            "dataset": cell.dataset_id,
+            "size": cell.size,
+            "model": cell.model_id,
             "unit_norm": backbone.unit_norm,
             "cached": {role: role not in todo for role in ROLE_SPLIT},
-            "precision": resolve_precision(cfg),
+            "precision": resolve_precision(cell.precision, cell.trainer),
             "versions": versions(),
-            "config": redact(OmegaConf.to_container(cfg, resolve=True)),
+            "config": redact(cell.config),
         }
         if volume is not None:
             record["volume"] = fields["database"]["volume"]
@@ -336,27 +273,27 @@ def compute_cell(
             record["sources"] = {role: str(origin[role].metadata) for role in ROLE_SPLIT}
             record["sources"]["root"] = origin["database"].root
             record["skipped_files"] = list(origin["database"].skipped)
-        cell = CellResult(
+        result = CellResult(
             out_dir=out,
             embeddings=targets,
             labels={role: splits[role].labels for role in ROLE_SPLIT},
-            k=cfg.k,
-            metric=cfg.protocol.metric,
-            ties=cfg.protocol.vote_ties,
-            standard_metrics=bool(cfg.protocol.standard_metrics),
+            k=cell.k,
+            metric=cell.protocol.metric,
+            ties=cell.protocol.vote_ties,
+            standard_metrics=cell.protocol.standard_metrics,
             record=record,
             started=t_start,
             images={role: splits[role].images for role in ROLE_SPLIT},
-            gallery=bool(cfg.gallery),
-            stats=StatsSettings.from_config(cfg.get("stats")),
-            class_names=origin["database"].class_names if own else dataset_facts(cfg.dataset).class_names,
+            gallery=cell.gallery,
+            stats=cell.stats,
+            class_names=origin["database"].class_names if own else dataset_facts(cell.dataset).class_names,
             groups={role: origin[role].groups for role in ROLE_SPLIT} if own else None,
-            exclude_same_group=bool(cfg.protocol.get("exclude_same_group", False)),
+            exclude_same_group=cell.protocol.exclude_same_group,
             names={role: origin[role].sources for role in ROLE_SPLIT} if own else None,
-            search_spec=search_spec(cfg),
+            search_spec=cell.search,
         )
-        loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
-        evaluator = RetrievalEvaluator(cell, loggers)
+        loggers = make_loggers(cell, group=group) if _rank() == 0 else []
+        evaluator = RetrievalEvaluator(result, loggers)
         if todo:
             for role in todo:
                 targets[role].parent.mkdir(parents=True, exist_ok=True)
@@ -366,21 +303,23 @@ def compute_cell(
             writer = EmbeddingWriter(
                 [targets[r] for r in todo], [len(splits[r]) for r in todo], dim, [fields[r] for r in todo]
             )
-            trainer = build_trainer(cfg, [writer, evaluator], out)
+            trainer = build_trainer(cell.trainer, cell.precision, [writer, evaluator], out)
             from cbmir.cell.extract import EmbeddingModule
 
             module = EmbeddingModule(
                 backbone,
-                min_source_size=None if volume else cfg.protocol.min_source_size,
+                min_source_size=None if volume else cell.protocol.min_source_size,
                 volume=volume,
-                max_forward_batch=cfg.max_forward_batch,
-                min_forward_batch=cfg.get("min_forward_batch", 1),
+                max_forward_batch=cell.max_forward_batch,
+                min_forward_batch=cell.min_forward_batch,
             )
-            if cfg.compile:
+            if cell.compile:
                 module.backbone = torch.compile(module.backbone)
+            workers = resolve_num_workers(cell.num_workers, cell.trainer)
             record["device"] = str(trainer.strategy.root_device)
             record["world_size"] = trainer.world_size
-            trainer.predict(module, dataloaders=[make_loader(splits[r], cfg) for r in todo], return_predictions=False)
+            loaders = [make_loader(splits[r], cell.batch_size, workers) for r in todo]
+            trainer.predict(module, dataloaders=loaders, return_predictions=False)
         else:
             evaluator.evaluate()
         return evaluator.result

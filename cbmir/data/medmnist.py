@@ -7,6 +7,7 @@ pixels) runs on a 24 GB machine.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,10 +25,25 @@ from cbmir.safety.locks import exclusive, lock_path
 log = get_logger(__name__)
 
 
+@functools.cache
+def _medmnist_table() -> dict:
+    """``medmnist.info.INFO`` without running the package's ``__init__`` (which imports torch and scikit-learn):
+    the table is a plain dict in its own module, and a config is validated before torch is imported."""
+    import importlib.util
+
+    package = importlib.util.find_spec("medmnist")
+    if package is None or not package.submodule_search_locations:
+        raise ConfigError("the medmnist package is not installed: pip install medmnist")
+    path = Path(package.submodule_search_locations[0]) / "info.py"
+    spec = importlib.util.spec_from_file_location("cbmir_medmnist_info", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.INFO
+
+
 def medmnist_info(flag: str) -> dict:
     """The medmnist package's metadata (URLs, MD5s, split sizes) for ``flag``."""
-    from medmnist import INFO
-
+    INFO = _medmnist_table()
     if flag not in INFO:
         known = ", ".join(sorted(INFO))
         raise ConfigError(f"unknown MedMNIST flag {flag!r}; known flags: {known}")

@@ -132,7 +132,7 @@ def build_index(cfg: DictConfig) -> Path:
     """Run (or reuse) the cell, then write its index folder; returns the folder."""
     import faiss
 
-    from cbmir.cell.run import volume_side, volume_spec
+    from cbmir.cell.spec import build_spec
     from cbmir.data import ROLE_SPLIT, dataset_facts, open_split
     from cbmir.index.files import sha256_file
     from cbmir.index.retrieve import QueryEmbedder
@@ -145,7 +145,8 @@ def build_index(cfg: DictConfig) -> Path:
     target = Path(str(cfg.index.dir)).expanduser() if cfg.index.dir else default_dir(cfg)
     result = _evaluated_cell(cfg)
     roles = SPLIT_CHOICES[cfg.index.splits]
-    side, volume = volume_side(cfg), volume_spec(cfg)
+    spec = build_spec(cfg)
+    side, volume = spec.volume_side, spec.volume
     splits = {
         role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT[role], volume_side=side)
         for role in roles

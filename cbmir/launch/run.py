@@ -1,8 +1,9 @@
-"""Command line: ``python -m cbmir.run [overrides]`` runs one cell, ``-m`` sweeps cells (Hydra multirun).
+"""Command line: ``cbmir run [overrides]`` (or ``python -m cbmir.run``) runs one cell, ``-m`` sweeps cells.
 
-A thin shell around :func:`cbmir.cell.run.run_cell`: it composes the config, reports
-user errors as one message with a non-zero exit, and in a sweep records each cell's
-outcome so that one broken cell neither stops the sweep nor hides in its output.
+A thin shell around :func:`cbmir.cell.run.run_cell`: :func:`main` checks the command line's cells before
+anything heavy is imported (:mod:`cbmir.launch.preflight`), then Hydra's application composes each cell, runs it,
+reports user errors as one message with exit status 2, and in a sweep records each cell's outcome so that one
+broken cell neither stops the sweep nor hides in its output.
 """
 
 from __future__ import annotations
@@ -56,8 +57,22 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
         )
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Check the command line's cells (torch-free), then hand it to Hydra's application."""
+    from cbmir.launch.preflight import preflight
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        preflight(args)
+    except CbmirError as exc:
+        _fail(exc)
+    sys.argv = [sys.argv[0], *args]
+    cell_job()
+    return 0
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def cell_job(cfg: DictConfig) -> dict[str, Any]:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     from cbmir.cell.run import run_cell
 

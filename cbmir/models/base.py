@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from cbmir.errors import ConfigError
@@ -65,13 +64,3 @@ class Backbone:
     unit_norm: bool
     #: What makes the weights unique (architecture, source, revision or file identity, seed).
     identity: dict[str, Any] = field(default_factory=dict)
-
-
-@torch.no_grad()
-def probe_dim(net: nn.Module, size: int, channels: int = 3) -> int:
-    """Embedding width, measured with one tiny forward pass (meta tensors where possible)."""
-    was_training = net.training
-    net.eval()
-    out = net(torch.zeros(1, channels, size, size))
-    net.train(was_training)
-    return int(out.shape[-1])

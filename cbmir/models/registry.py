@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cbmir.errors import ConfigError
-from cbmir.models.base import Backbone
+
+if TYPE_CHECKING:
+    from cbmir.models.base import Backbone
 
 #: family -> "module:function" (modules relative to ``cbmir.models``; module name == family name).
 FAMILIES: dict[str, str] = {
@@ -26,7 +28,7 @@ FAMILIES: dict[str, str] = {
     "timm": "timm:load_timm",  # any timm model (conf/model/timm.yaml)
 }
 
-Loader = Callable[[Any], Backbone]
+Loader = Callable[[Any], "Backbone"]
 
 
 def families() -> list[str]:

@@ -8,6 +8,7 @@ scatter. Missing cells stay blank or gaps; the study's models keep one colour in
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,20 +53,19 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def model_colors(models: Sequence[str]) -> dict[str, Any]:
-    """Stable colours: the study's 9 models keep theirs in every figure, others follow."""
+def model_color(model: str) -> tuple[float, float, float, float]:
+    """One colour per model in every figure of every report: the study's 9 models take tab10's first nine,
+    any other model a colour fixed by its name (not by which other models a figure happens to hold)."""
     from matplotlib import colormaps
 
     study = paper_grid()["model"]
-    tab10, tab20 = colormaps["tab10"], colormaps["tab20"]
-    colors, extra = {}, 0
-    for m in models:
-        if m in study:
-            colors[m] = tab10(study.index(m))
-        else:
-            colors[m] = tab20((2 * extra + 1) % 20)
-            extra += 1
-    return colors
+    if model in study:
+        return colormaps["tab10"](study.index(model))
+    return colormaps["tab20"](2 * (zlib.crc32(model.encode()) % 10) + 1)
+
+
+def model_colors(models: Sequence[str]) -> dict[str, Any]:
+    return {m: model_color(m) for m in models}
 
 
 def heatmap_figure(cells: Sequence[Cell], metric: str, path: Path) -> Path | None:

@@ -99,4 +99,5 @@ def cd_figure(cells: Sequence[Cell], metric: str, size: int, path: Path) -> Path
         return None  # every block a full tie: no ranking to draw
     analysis = rank_models(table, [model_label(m) for m in models])
     title = f"{metric}, {size} px: {len(datasets)} datasets ({', '.join(dataset_label(d) for d in datasets)})"
-    return draw_cd_diagram(analysis, path, title=title)
+    colors = {model_label(m): color for m, color in model_colors(models).items()}  # the forest plots' colours
+    return draw_cd_diagram(analysis, path, title=title, colors=colors)

@@ -85,7 +85,17 @@ def markdown_table(rows: list[dict[str, Any]], metric: str = "mAP@5") -> str:
 
 
 def plot_tradeoff(rows: list[dict[str, Any]], path: Path, *, metric: str = "mAP@5", title: str = "") -> Path:
-    """Memory × queries/s (log axes), colour = ``metric``, size = recall; the Pareto front joined and labelled."""
+    """The figure of :func:`draw_tradeoff`, saved as ``path``."""
+    fig = draw_tradeoff(rows, metric=metric, title=title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def draw_tradeoff(rows: list[dict[str, Any]], *, metric: str = "mAP@5", title: str = ""):
+    """Memory × queries/s (log axes), colour = ``metric``, size = recall; the Pareto front joined and labelled,
+    its labels moved apart so that none covers another."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 5), dpi=100, layout="constrained")
@@ -98,17 +108,26 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, *, metric: str = "mAP@
     fig.colorbar(points, ax=ax, label=metric)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["memory_mb"])
     ax.plot([r["memory_mb"] for r in front], [r["queries_per_s"] for r in front], "--", color="grey", zorder=2)
-    for r in front:
-        ax.annotate(
-            f"{r['setting']}\nrecall {r['recall']:.2f}", (r["memory_mb"], r["queries_per_s"]), fontsize=7,
-            xytext=(4, 4), textcoords="offset points",
-        )  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="index memory (MB)", ylabel="queries / s", title=title)
     ax.grid(True, which="both", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    labels = [
+        ax.text(r["memory_mb"], r["queries_per_s"], f"{r['setting']}\nrecall {r['recall']:.2f}", fontsize=7)
+        for r in front
+    ]
+    _separate(fig, ax, labels, x, y)
+    return fig
+
+
+def _separate(fig, ax, labels: list, x: list[float], y: list[float]) -> None:
+    """Move the front's labels off each other and off the points (adjustText), with a line back to each point."""
+    from adjustText import adjust_text
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not labels:
+        return
+    FigureCanvasAgg(fig)  # a bare Figure has no renderer; adjustText measures the texts with one
+    fig.draw_without_rendering()
+    adjust_text(labels, x=x, y=y, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
 
 
 def write_tradeoffs(

@@ -14,7 +14,6 @@ tie group reaches the end of the candidate window are searched again with a wide
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from cbmir.logs import get_logger
 
@@ -134,10 +133,16 @@ def search_faiss(database: np.ndarray, queries: np.ndarray, k: int, metric: str 
     return _tie_broken(raw, database, queries, k, metric)
 
 
-@torch.no_grad()
 def search_torch(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", *, device: str = "cpu"):
     """The same search with matmul + topk (fallback and test oracle), in float64 on CPU."""
+    import torch  # here, not at the top: configs are validated with this module before torch is imported
+
     _check(database, queries, k, metric)
+    with torch.no_grad():
+        return _search_torch(torch, database, queries, k, metric, device)
+
+
+def _search_torch(torch, database: np.ndarray, queries: np.ndarray, k: int, metric: str, device: str):
     dtype = torch.float64 if device == "cpu" else torch.float32
     db = torch.as_tensor(np.asarray(database), dtype=dtype, device=device)
     if metric == "cosine":
@@ -172,6 +177,8 @@ def search(database: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2"
             log.warning("faiss is not installed; searching with torch")
         else:
             return search_faiss(database, queries, k, metric)
+    import torch
+
     return search_torch(database, queries, k, metric, device="cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from cbmir.errors import ConfigError
 
@@ -178,6 +177,8 @@ def intervals(observed, boot: np.ndarray, settings: StatsSettings, jackknife: np
     alpha = (1 - settings.level) / 2
     quantiles = np.repeat([[alpha], [1 - alpha]], boot.shape[1], axis=1)
     if settings.method == "bca":
+        from scipy import stats as sps  # imported here: validating a config must stay light
+
         if jackknife is None:
             raise ValueError("BCa needs the jackknife values of the statistic")
         observed = np.broadcast_to(np.asarray(observed, dtype=np.float64).ravel(), n.shape)

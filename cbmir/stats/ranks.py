@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -59,7 +60,9 @@ def rank_models(table: np.ndarray, models: list[str], *, alpha: float = 0.05, hi
     )
 
 
-def draw_cd_diagram(analysis: RankAnalysis, path: Path, *, title: str | None = None) -> Path:
+def draw_cd_diagram(
+    analysis: RankAnalysis, path: Path, *, title: str | None = None, colors: dict[str, Any] | None = None
+) -> Path:
     """A critical-difference diagram PNG (scikit-posthocs' drawing): ranks on the axis, bars join ties.
 
     Drawn on a bare matplotlib Figure (no pyplot): no global backend state, safe in any process.
@@ -71,7 +74,9 @@ def draw_cd_diagram(analysis: RankAnalysis, path: Path, *, title: str | None = N
     sig = pd.DataFrame(analysis.nemenyi_p, index=analysis.models, columns=analysis.models)
     fig = Figure(figsize=(8, 0.35 * len(analysis.models) + 1.2))
     ax = fig.subplots()
-    scikit_posthocs.critical_difference_diagram(pd.Series(analysis.average_ranks), sig, alpha=analysis.alpha, ax=ax)
+    scikit_posthocs.critical_difference_diagram(
+        pd.Series(analysis.average_ranks), sig, alpha=analysis.alpha, ax=ax, color_palette=colors
+    )
     heading = f"average rank over {analysis.n_blocks} blocks · Friedman p = {analysis.friedman_p:.2g}"
     heading += f" · CD = {analysis.critical_difference:.2f}"
     ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=9)

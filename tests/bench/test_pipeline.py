@@ -53,7 +53,7 @@ def test_data_path_builds_no_pil_images_and_preprocesses_on_the_module_device(tm
         assert device_in == device_out == torch.device("cpu")
 
     # 2. a module on another device preprocesses there: nothing in preprocess pins the CPU
-    index, images, labels = next(iter(make_loader(split, env.cfg(8))))
+    index, images, labels = next(iter(make_loader(split, 8, env.workers)))
     assert images.dtype == torch.uint8 and images.shape == (8, 28, 28, 3)
     module = EmbeddingModule(copy.deepcopy(backbone), min_source_size=32).to("meta")
     out = module.predict_step((index, images.to("meta"), labels), 0)

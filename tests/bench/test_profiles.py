@@ -7,7 +7,8 @@ import pytest
 
 from cbmir.bench.cli import parse_args
 from cbmir.bench.profiles import PROFILES, STUDY_SETTINGS, Setting, parse_setting
-from cbmir.cell.run import resolve_num_workers, validate
+from cbmir.cell.run import resolve_num_workers
+from cbmir.cell.spec import build_spec
 from cbmir.errors import ConfigError
 
 
@@ -44,13 +45,18 @@ def test_settings_parse_and_batch_flag_applies_to_each():
     assert Setting("timm=vit_base_patch16_224", 64, 224).label == "vit_base_patch16_224 64->224"
 
 
+def _workers(cfg) -> int:
+    spec = build_spec(cfg)
+    return resolve_num_workers(spec.num_workers, spec.trainer)
+
+
 def test_num_workers_auto_is_zero_on_cpu_and_the_cpu_count_capped_at_8_on_gpu(compose, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert resolve_num_workers(compose(["trainer=cpu"])) == 0  # conf/config.yaml: num_workers: auto
-    assert resolve_num_workers(compose(["trainer=gpu"])) == 8
+    assert _workers(compose(["trainer=cpu"])) == 0  # conf/config.yaml: num_workers: auto
+    assert _workers(compose(["trainer=gpu"])) == 8
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert resolve_num_workers(compose(["trainer=gpu"])) == 2
-    assert resolve_num_workers(compose(["trainer=cpu", "num_workers=3"])) == 3
+    assert _workers(compose(["trainer=gpu"])) == 2
+    assert _workers(compose(["trainer=cpu", "num_workers=3"])) == 3
     # the bench resolves the same way, and an explicit count wins
     assert parse_args(["--quick", "--device", "cpu"]).num_workers == 0
     assert parse_args(["--quick", "--device", "cpu", "--num-workers", "2"]).num_workers == 2
@@ -59,8 +65,8 @@ def test_num_workers_auto_is_zero_on_cpu_and_the_cpu_count_capped_at_8_on_gpu(co
 
 
 def test_num_workers_is_validated(cell_cfg):
-    validate(cell_cfg("num_workers=auto"))
-    validate(cell_cfg("num_workers=0"))
+    build_spec(cell_cfg("num_workers=auto"))
+    build_spec(cell_cfg("num_workers=0"))
     for bad in ("num_workers=-1", "num_workers=many", "num_workers=1.5"):
         with pytest.raises(ConfigError, match="num_workers must be auto or a non-negative integer"):
-            validate(cell_cfg(bad))
+            build_spec(cell_cfg(bad))

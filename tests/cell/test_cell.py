@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cbmir import data
-from cbmir.cell import evaluate as callbacks
+from cbmir.cell import evaluate
 from cbmir.cell import run as cell
 from cbmir.cell.run import run_cell
 from cbmir.errors import ConfigError, InvalidCellError
@@ -142,7 +142,7 @@ def test_crash_leaves_no_finished_looking_result(cell_cfg, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("search died")
 
-    monkeypatch.setattr(callbacks, "search", broken)
+    monkeypatch.setattr(evaluate, "search", broken)
     with pytest.raises(RuntimeError, match="search died"):
         run_cell(cfg)
     assert not (cell_dir(cfg) / "result.json").exists()
@@ -212,9 +212,11 @@ def test_bf16_autocast_agrees_with_fp32(cell_cfg):
 
 def test_precision_auto_is_fp32_on_cpu(cell_cfg):
     from cbmir.cell.run import resolve_precision
+    from cbmir.cell.spec import build_spec
 
-    assert resolve_precision(cell_cfg()) == "32-true"
-    assert resolve_precision(cell_cfg("trainer=gpu")) == "bf16-mixed"
+    for overrides, expected in (((), "32-true"), (("trainer=gpu",), "bf16-mixed")):
+        spec = build_spec(cell_cfg(*overrides))
+        assert resolve_precision(spec.precision, spec.trainer) == expected
 
 
 def test_worker_processes_give_the_same_embeddings(cell_cfg):

@@ -45,3 +45,11 @@ def test_partial_mixed_protocols_and_figures(sweep_cells, tmp_path):
 def test_metric_names_in_file_names():
     assert metric_slug("mAP@5") == "mAP5" and metric_slug("P@5") == "P5"
     assert metric_slug("recall @ 10/x") == "recall_10_x"
+
+
+def test_a_model_keeps_its_colour_whatever_else_a_figure_holds():
+    from cbmir.report.figures import model_color, model_colors
+
+    assert model_colors(["uni", "my_model"])["my_model"] == model_colors(["my_model"])["my_model"]
+    assert model_colors(["conch", "other", "my_model"])["my_model"] == model_color("my_model")
+    assert model_color("uni") != model_color("conch")  # the study's models: distinct tab10 colours

@@ -3,7 +3,7 @@
 import pytest
 
 from cbmir.cell.run import run_cell
-from cbmir.report.tradeoff import load_results, markdown_table, plot_tradeoff, tradeoff_rows
+from cbmir.report.tradeoff import draw_tradeoff, load_results, markdown_table, plot_tradeoff, tradeoff_rows
 
 
 def row(setting, memory, qps, score):
@@ -49,3 +49,17 @@ def test_table_and_figure_from_real_cells(cell_cfg, tmp_path):
     table = (report.out / "tradeoff" / "standard_bloodmnist_28_tiny_resnet.md").read_text()
     assert table.splitlines()[2:] == markdown_table(rows).splitlines()
     assert "tradeoff/standard_bloodmnist_28_tiny_resnet.md" in (report.out / "index.md").read_text()
+
+
+def test_front_labels_never_overlap():
+    """Eight Pareto settings crowded into a corner: after placement no label's box meets another's."""
+    rows = tradeoff_rows([row(f"IVF{2**i},PQ{i}", 100 - 8 * i, 10 + i, 90 - i) for i in range(8)])
+    assert sum(r["pareto"] for r in rows) == 8
+    fig = draw_tradeoff(rows, title="crowded")
+    (ax,) = [a for a in fig.axes if a.texts]
+    renderer = fig.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    assert len(boxes) == 8
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)

@@ -211,7 +211,9 @@ def test_nan_embeddings_fail_with_the_count_and_the_advice(cell_cfg, monkeypatch
 def test_nan_under_auto_precision_falls_back_to_fp32(cell_cfg, monkeypatch, caplog):
     clean = run_cell(cell_cfg("precision=32-true"))
     _nan_forward(monkeypatch, only_under_autocast=True)
-    monkeypatch.setattr(cell, "resolve_precision", lambda cfg: "bf16-mixed" if cfg.precision == "auto" else "32-true")
+    monkeypatch.setattr(
+        cell, "resolve_precision", lambda precision, trainer: "bf16-mixed" if precision == "auto" else "32-true"
+    )
     with caplog.at_level(logging.WARNING, logger="cbmir"):
         result = run_cell(cell_cfg("precision=auto", "overwrite=true"))
     assert any("recomputing in fp32" in r.getMessage() for r in caplog.records)

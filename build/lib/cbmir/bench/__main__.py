@@ -1,0 +1,5 @@
+"""``python -m cbmir.bench``."""
+
+from cbmir.bench.cli import main
+
+main()

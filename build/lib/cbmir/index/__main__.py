@@ -1,0 +1,3 @@
+from cbmir.index.build import main
+
+raise SystemExit(main())
