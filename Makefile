@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/python -m cbmir.run $(ARGS)
+	$(BIN)/cbmir run $(ARGS)
 
 # Offline by construction: no test may need the network.
 test: install browser-deps
@@ -36,11 +36,11 @@ lint: install
 
 # Tables, figures and the comparison with the paper, from every result under outputs/ (ARGS: folders, --out, --wandb).
 report: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m cbmir.report $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/cbmir report $(ARGS)
 
 # Throughput, efficiency, baselines, 3D, search, cache and memory on this machine (about 7-10 min on 2 CPU cores).
 bench: install
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m cbmir.bench $(ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/cbmir bench $(ARGS)
 
 # The headless browser of tests/test_browser.py: Debian's chromium, installed (apt-get) only when missing.
 browser-deps:

@@ -11,6 +11,7 @@ it lacks) is still skipped by the sweep itself, as before.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -148,6 +149,24 @@ def each_value(axes: dict[str, list[str]]) -> list[list[str]]:
     return variants
 
 
+def _launched_externally() -> bool:
+    """torchrun/SLURM start the processes themselves, so Lightning must not re-execute the command line."""
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def check_launch(cfg: DictConfig, multirun: bool) -> None:
+    """A sweep on several processes must come from torchrun or SLURM."""
+    many = str(cfg.trainer.strategy).startswith("ddp") and (
+        cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes > 1
+    )
+    if many and multirun and not _launched_externally():
+        raise ConfigError(
+            "a multi-process sweep must be launched by torchrun (or SLURM), or Lightning re-executes the "
+            "command line into duplicate sweeps: torchrun --nproc_per_node=N -m cbmir.run -m trainer=ddp "
+            "trainer.devices=N ..."
+        )
+
+
 def preflight(args: Sequence[str]) -> list[DictConfig]:
     """Check the command line's cells; raise a :class:`~cbmir.errors.CbmirError` on the first user error.
 
@@ -169,6 +188,7 @@ def preflight(args: Sequence[str]) -> list[DictConfig]:
     checked = []
     for overrides in variants:
         cfg = compose(overrides, **where)
+        check_launch(cfg, line.multirun)
         try:
             build_spec(cfg)
         except InvalidCellError:

@@ -9,7 +9,6 @@ broken cell neither stops the sweep nor hides in its output.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cbmir.errors import CbmirError, ConfigError, InvalidCellError, LockBusyError
+from cbmir.errors import CbmirError, InvalidCellError, LockBusyError
 from cbmir.launch import sweep
+from cbmir.launch.preflight import check_launch
 from cbmir.layout import CONF_DIR, cell_name
 from cbmir.logs import get_logger
 
@@ -33,28 +33,11 @@ def _one_output_path() -> None:
     logging.getLogger("lightning").handlers.clear()
 
 
-def _launched_externally() -> bool:
-    """torchrun/SLURM start the processes themselves, so Lightning must not re-execute the command line."""
-    return "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-
-
 def _sweep_group(multirun: bool) -> str | None:
     if not multirun:
         return None
     sweep_dir = Path(HydraConfig.get().sweep.dir)
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
-
-
-def check_launch(cfg: DictConfig, multirun: bool) -> None:
-    many = str(cfg.trainer.strategy).startswith("ddp") and (
-        cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes > 1
-    )
-    if many and multirun and not _launched_externally():
-        raise ConfigError(
-            "a multi-process sweep must be launched by torchrun (or SLURM), or Lightning re-executes the "
-            "command line into duplicate sweeps:\n  torchrun --nproc_per_node=N -m cbmir.run -m trainer=ddp "
-            "trainer.devices=N ..."
-        )
 
 
 def main(argv: list[str] | None = None) -> int:
