@@ -1,3 +1,0 @@
-"""cbmir: content-based medical image retrieval with frozen backbones."""
-
-__version__ = "0.1.0"

@@ -1,5 +1,0 @@
-"""``python -m cbmir.bench``."""
-
-from cbmir.bench.cli import main
-
-main()

@@ -1,3 +1,0 @@
-from cbmir.index.build import main
-
-raise SystemExit(main())
