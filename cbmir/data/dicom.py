@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: Inflated bytes of a deflated dataset read before its pixel data (the header and its sequences).
 DEFLATED_HEADER = 8 << 20
 PIXEL_DATA = 0x7FE00010
+DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 logging.getLogger("pydicom").propagate = False  # its warn_and_log duplicates warnings, which are captured below
 
 
@@ -36,43 +37,52 @@ def _no_pixels(tag, vr, length) -> bool:
 
 
 def _read_deflated(data: bytes, name: str, limits: DecodeLimits):
-    """A deflated dataset, inflated header first, then only as far as the size its header declares."""
+    """A deflated dataset, inflated header first, then only as far as the size its header declares.
+
+    pydicom's ``dcmread`` inflates the whole stream before it reads a tag, so the file meta group is read
+    here and the rest inflated in two bounded steps. A dataset of another transfer syntax is read as usual.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
     from pydicom.pixels.utils import get_expected_length
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     fp = DicomBytesIO(data)
     preamble = read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(BytesIO(data))
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = inflater.decompress(data[fp.tell() :], DEFLATED_HEADER)
     header = read_dataset(DicomBytesIO(body), False, True, stop_when=_no_pixels)
-    _check_header(header, name, limits)
-    budget = get_expected_length(header) + (1 << 20)  # the pixel data and trailing elements
-    body += inflater.decompress(inflater.unconsumed_tail, budget)
+    _check_header(header, name, limits, header_only=True)
+    budget = (get_expected_length(header) if "Rows" in header else 0) + (1 << 20)  # pixels and trailing elements
+    body = b"".join((body, inflater.decompress(inflater.unconsumed_tail, budget)))
     if not inflater.eof:
-        raise BadFile(f"{name} inflates to more than its header's {header.Rows} × {header.Columns} pixels declare")
-    from pydicom.dataset import FileDataset
-
+        raise BadFile(
+            f"{name} inflates to more than the {header.get('Rows')} × {header.get('Columns')} pixels "
+            "its header declares: refused before inflating the rest"
+        )
     return FileDataset(name, read_dataset(DicomBytesIO(body), False, True), preamble, meta, False, True)
 
 
 def _read(data: bytes, name: str, limits: DecodeLimits):
     import pydicom
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     if len(data) < 132 or data[128:132] != b"DICM":
         raise BadFile("not a DICOM file: no 128-byte preamble with the 'DICM' marker (DICOM Part 10) at its start")
-    if bytes(DeflatedExplicitVRLittleEndian.encode()) in data[:4096]:  # only then parse the meta group twice
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[])
-        if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            return _read_deflated(data, name, limits)
+    if DEFLATED_UID in data[:4096]:  # the file meta group names the transfer syntax near the start
+        return _read_deflated(data, name, limits)
     return pydicom.dcmread(BytesIO(data))
 
 
-def _check_header(ds, name: str, limits: DecodeLimits) -> None:
+def _check_header(ds, name: str, limits: DecodeLimits, *, header_only: bool = False) -> None:
     """Refuse a header that lacks the image module or claims more pixels than the caps allow."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not header_only and "PixelData" not in ds:
+        return
+    if header_only and "Rows" not in ds:
         return
     missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
     if missing:
@@ -215,7 +225,10 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
     _check_header(ds, name, limits)
     frames = int(ds.get("NumberOfFrames") or 1)
     if dims == 2 and frames > 1:
-        raise BadFile(f"a volume of {frames} frames of {ds.Rows} × {ds.Columns} where 2D images are expected (a 2D dataset or index)")
+        raise BadFile(
+            f"a volume of {frames} frames of {ds.Rows} × {ds.Columns} where 2D images are expected "
+            "(a 2D dataset or index)"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID")
     _check_native_length(ds)
     try:
