@@ -97,6 +97,15 @@ def _check_header(ds, name: str, limits: DecodeLimits, *, header_only: bool = Fa
     check_size(name, claimed, limits, volume=frames > 1, detail=detail)
 
 
+def _without_pixels(ds) -> str:
+    """Why a file has no pixel data: cut off before them (an image header or image class), or not an image."""
+    sop = ds.get("SOPClassUID") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID")
+    kind = getattr(sop, "name", str(sop or ""))
+    if "Rows" in ds or "Image Storage" in kind:
+        return f"a truncated DICOM file: it ends before its pixel data (its header describes {kind or 'an image'})"
+    return "a DICOM file without pixel data (a report, structured report or presentation state?)"
+
+
 def _size(n: int) -> str:
     return f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
 
@@ -205,6 +214,14 @@ def read_dicom(
         warnings.simplefilter("always")
         try:
             decoded = _decode(data, window, name, limits, dims)
+        except (BadFile, KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise BadFile(f"{name} is too large to decode in this process's memory") from None
+        except BaseException as exc:  # pydicom parses elements when first read: a damaged one fails anywhere
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            raise BadFile(f"a damaged DICOM file: an element of its header cannot be read ({reason(exc)})") from None
         finally:
             for w in caught:
                 log.info("%s: pydicom: %s", name, reason(w.message))
@@ -221,7 +238,7 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
     except Exception as exc:  # InvalidDicomError, struct.error, ValueError, KeyError, … on a damaged header
         raise BadFile(f"not a readable DICOM file: its header is damaged ({reason(exc)})") from None
     if "PixelData" not in ds:
-        raise BadFile("a DICOM file without pixel data (a report, structured report or presentation state?)")
+        raise BadFile(_without_pixels(ds))
     _check_header(ds, name, limits)
     frames = int(ds.get("NumberOfFrames") or 1)
     if dims == 2 and frames > 1:
@@ -236,7 +253,9 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
         pixels = _render(ds, arr, window)
     except MemoryError:
         raise BadFile(f"{name} is too large to decode in this process's memory") from None
-    except Exception as exc:  # no plugin for the transfer syntax, truncated or corrupt pixel data
+    except BaseException as exc:  # no plugin for the syntax, corrupt data; a Rust decoder's panic is a BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
         label = getattr(syntax, "name", syntax) or "an unknown transfer syntax"
         raise BadFile(f"its DICOM pixel data ({label}) cannot be decoded: {reason(exc)}") from None
     shape = tuple(int(n) for n in arr.shape)

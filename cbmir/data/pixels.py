@@ -101,10 +101,13 @@ def window_bounds(window: tuple[float, float] | None) -> tuple[float | None, flo
     return center - width / 2, center + width / 2
 
 
-def reason(exc: BaseException) -> str:
-    """A library exception's text without object reprs or empty strings: the cause in words a user can read."""
+def reason(exc: BaseException, path: object = None, name: str = "the file") -> str:
+    """A library exception's text in words a user can read: no object reprs, no (temporary) path, never empty."""
     import re
 
-    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", str(exc)).strip()
+    text = str(exc)
+    if path is not None:
+        text = text.replace(str(path), name)
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", text)
     text = re.sub(r"\s*Use force=True[^.]*\.?", "", text).strip()
     return text or type(exc).__name__

@@ -72,7 +72,7 @@ def read_pillow(
         text = reason(exc)
         if "cannot identify image file" in text:
             raise BadFile("not a readable image (no PNG, JPEG, TIFF or BMP header)") from None
-        if "truncated" in text or "broken data stream" in text:
+        if "truncated" in text.lower() or "broken data stream" in text:
             raise BadFile(f"a truncated or damaged image ({text})") from None
         raise BadFile(f"not a readable image ({text})") from None
     if mode in ("LA", "RGBA"):
