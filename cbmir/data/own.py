@@ -9,7 +9,6 @@ removed file, a changed label, group or split) ingests again. Never a stale cach
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import hashlib
 import json
@@ -26,7 +25,7 @@ from cbmir.data.decode import DecodeLimits, DecodeSpec
 from cbmir.data.entries import Entry, Listing, class_order
 from cbmir.data.fit import FITS
 from cbmir.data.folder import list_folder
-from cbmir.data.ingest import decode_into_partial, finalize, hash_files
+from cbmir.data.ingest import decode_into_partial, finalize, hash_files, read_metadata, write_csv
 from cbmir.data.manifest import read_manifest
 from cbmir.data.splits import (
     assign_splits,
@@ -46,7 +45,7 @@ log = get_logger(__name__)
 OWN_KINDS = ("folder", "manifest")
 BAD_FILE_RULES = ("error", "skip")
 #: Bumped when decoding changes, so every earlier ingestion is redone.
-INGEST_VERSION = "own-v1"
+INGEST_VERSION = "own-v2"
 ROLE_TEXT = {"database": "the database", "query": "the queries"}
 #: Bad files named in an error message (all of them are in ``bad_files.csv``).
 SHOWN_BAD = 40
@@ -253,12 +252,9 @@ def prepare(own: OwnData, size: int, data_dir: str | Path, limits: DecodeLimits 
                 if r["error"]:
                     bad[e.source] = r["error"]
         if bad:
-            bad_file = partial / "bad_files.csv"
-            with open(bad_file, "w", newline="") as fh:
-                csv.writer(fh).writerows([("path", "reason"), *sorted(bad.items())])
-            if own.on_bad_file == "error":
-                raise DataError(_bad_message(own, bad, bad_file))
-            log.warning("%s: skipping %d bad file(s), listed in %s", own.name, len(bad), bad_file)
+            write_csv(partial / "bad_files.csv", [["path", "reason"], *map(list, sorted(bad.items()))])
+            if own.on_bad_file == "error":  # the partial folder stays (a rerun resumes it), and so does the list
+                raise DataError(_bad_message(own, bad, partial / "bad_files.csv"))
         good = {s: [e for e, r in zip(es, records[s]) if not r["error"]] for s, es in by_split.items()}
         for role, split in ROLE_SPLIT.items():
             if not good.get(split):
@@ -288,12 +284,9 @@ def prepare(own: OwnData, size: int, data_dir: str | Path, limits: DecodeLimits 
             state,
             listing.extra_columns,
         )
+        if bad:  # the list moved with the partial folder into its final place
+            log.warning("%s: skipped %d bad file(s), listed in %s", own.name, len(bad), folder / "bad_files.csv")
         return folder, state
-
-
-def _read_columns(path: Path, names: tuple[str, ...]) -> list[tuple[str, ...]]:
-    with open(path, newline="") as fh:
-        return [tuple(row[n] for n in names) for row in csv.DictReader(fh)]
 
 
 def open_own_splits(
@@ -314,7 +307,7 @@ def open_own_splits(
             raise DataError(f"{own.name} has no {split} split (it has {sorted(state['counts'])})")
         loaded = load_split(folder, own.name, size, split)
         metadata = folder / f"{split}_metadata.csv"
-        rows = _read_columns(metadata, ("source", "group"))
+        rows = read_metadata(metadata, ("source", "group"))
         provenance = Provenance(
             content_key=state["content_key"],
             metadata=metadata,
