@@ -149,7 +149,9 @@ def _per_frame(ds, arr: np.ndarray, window: tuple[float, float] | None) -> np.nd
             for key in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction"):
                 if source is not None and source.get(key) is not None:
                     setattr(item, key, source.get(key))
-        item.PixelRepresentation, item.BitsStored = ds.get("PixelRepresentation", 0), ds.get("BitsStored", 16)
+        for key in ("PixelRepresentation", "BitsStored", "BitsAllocated", "PhotometricInterpretation"):
+            if ds.get(key) is not None:
+                setattr(item, key, ds.get(key))
         out[i] = _to_gray(frame, item, window)
     return out if arr.ndim == 3 else out[0]
 
@@ -177,13 +179,16 @@ def _to_gray(arr: np.ndarray, ds, window: tuple[float, float] | None) -> np.ndar
 
 
 def _palette_rgb(arr: np.ndarray, ds) -> np.ndarray:
-    """PALETTE COLOR: the indices through the file's red, green and blue LUTs, at the LUTs' bit depth, to 8 bits."""
+    """PALETTE COLOR: the indices through the file's red, green and blue LUTs (pydicom), their top 8 bits kept.
+
+    A 16-bit LUT entry holds an 8-bit colour as ``v × 256`` (or ``v × 257``): the top byte is ``v`` exactly.
+    """
     from pydicom.pixels import apply_color_lut
 
     rgb = apply_color_lut(arr, ds)
     descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
     bits = int(descriptor[2]) if descriptor else 8 * rgb.dtype.itemsize
-    return rgb.astype(np.uint8) if bits <= 8 else to_uint8(rgb, 0.0, float(2**bits - 1))
+    return (rgb >> max(bits - 8, 0)).astype(np.uint8)
 
 
 def _render(ds, arr: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
