@@ -156,7 +156,7 @@ def _per_frame(ds, arr: np.ndarray, window: tuple[float, float] | None) -> np.nd
     return out if arr.ndim == 3 else out[0]
 
 
-def _voi_range(ds) -> tuple[float, float]:
+def voi_range(ds) -> tuple[float, float]:
     """The output range of pydicom's ``apply_voi_lut`` on this file (its LUT's bit depth, or the window's limits)."""
     from pydicom.pixels import apply_windowing
 
@@ -174,7 +174,7 @@ def _to_gray(arr: np.ndarray, ds, window: tuple[float, float] | None) -> np.ndar
     if window is not None:
         return to_uint8(values, *window_bounds(window))
     if ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds):
-        return to_uint8(apply_voi_lut(values, ds, prefer_lut=True), *_voi_range(ds))
+        return to_uint8(apply_voi_lut(values, ds, prefer_lut=True), *voi_range(ds))
     return to_uint8(values)
 
 

@@ -8,10 +8,15 @@ and a 875 KB PNG can inflate to 900 Mpx. Every reader compares the size its head
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from cbmir.errors import ConfigError
+
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class BadFile(Exception):
@@ -111,3 +116,21 @@ def reason(exc: BaseException, path: object = None, name: str = "the file") -> s
     text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", text)
     text = re.sub(r"\s*Use force=True[^.]*\.?", "", text).strip()
     return text or type(exc).__name__
+
+
+def file_format(path: Path | str) -> str | None:
+    """``pillow`` | ``dicom`` | ``nifti`` by suffix; a suffix-less file is DICOM when it says ``DICM``; else None."""
+    name = str(path).lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(PILLOW_SUFFIXES):
+        return "pillow"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if "." not in Path(name).name:
+        try:
+            with open(path, "rb") as fh:
+                return "dicom" if fh.read(132)[128:132] == b"DICM" else None
+        except OSError:
+            return None
+    return None
