@@ -36,7 +36,7 @@ from cbmir.data.pixels import (
     window_bounds,
 )
 from cbmir.data.raster import read_pillow
-from cbmir.data.series import is_series_folder, read_series
+from cbmir.data.series import folder_digest, is_series_folder, read_series
 
 __all__ = [
     "BadFile",
@@ -152,9 +152,13 @@ def decode_chunk(
     for path in paths:
         record: dict = {"shape": "", "bytes": -1, "blake2b": "", "error": ""}
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            record["bytes"], record["blake2b"] = len(data), hash_bytes(data)
+            if os.path.isdir(path):  # a DICOM series: one volume
+                data = None
+                record["bytes"], _, record["blake2b"] = folder_digest(path)
+            else:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                record["bytes"], record["blake2b"] = len(data), hash_bytes(data)
             decoded = decode(path, data, spec, limits=limits)
             record["shape"] = "x".join(str(n) for n in decoded.shape)
             out.append((decoded.pixels, record))
@@ -172,7 +176,7 @@ def hash_chunk(paths: list[str]) -> list[str]:
     out = []
     for path in paths:
         try:
-            out.append(hash_file(path))
+            out.append(folder_digest(path)[2] if os.path.isdir(path) else hash_file(path))
         except OSError:
             out.append("")
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from cbmir.data.datasets import SPLITS
 from cbmir.data.decode import file_format
 from cbmir.data.entries import Entry, Listing, check_split_names, inside
+from cbmir.data.series import group_series
 from cbmir.errors import ConfigError
 
 
@@ -76,11 +77,25 @@ def _one_item_per_file(paths: list[str], start: int, bad: dict[str, str]) -> lis
     return [p for p in paths if p in kept]
 
 
+def _series_items(paths: list[str]) -> list[str]:
+    """``paths`` with the files of each series folder replaced by the folder (where its first file was)."""
+    folders = group_series([p for p in paths if file_format(p) == "dicom"])
+    out, placed = [], set()
+    for path in paths:
+        folder = os.path.dirname(path)
+        if folder not in folders:
+            out.append(path)
+        elif folder not in placed:
+            placed.add(folder)
+            out.append(folder)
+    return out
+
+
 def _relative(path: str, start: int) -> str:
     return path[start:].replace(os.sep, "/")
 
 
-def list_folder(root: str | Path) -> Listing:
+def list_folder(root: str | Path, *, series: bool = False) -> Listing:
     """List a class-folder tree; bad entries are kept aside with their reason, never dropped silently."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -112,6 +127,11 @@ def list_folder(root: str | Path) -> Listing:
             for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
                 bad[stray.relative_to(root).as_posix()] = "a file outside any class folder"
     kept = set(_one_item_per_file([p for _, _, paths in found_by_class for p in paths], start, walk_bad))
+    if series:  # each folder of one DICOM series becomes one item (the folder), in place of its slices
+        found_by_class = [
+            (split, d, _series_items([p for p in paths if p in kept])) for split, d, paths in found_by_class
+        ]
+        kept = {p for _, _, paths in found_by_class for p in paths}
     entries: list[Entry] = []
     for split, class_dir, paths in found_by_class:
         prefix = len(str(class_dir)) + 1
@@ -120,7 +140,9 @@ def list_folder(root: str | Path) -> Listing:
             source = _relative(path, start)
             if path not in kept:
                 continue
-            if file_format(path) is None:
+            if os.path.isdir(path):  # a series folder: one volume, grouped by its first folder below the class
+                source += "/"
+            elif file_format(path) is None:
                 bad[source] = "not a supported image (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)"
                 continue
             below = path[prefix:].split(os.sep)

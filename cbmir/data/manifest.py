@@ -48,7 +48,7 @@ def _is_absolute(text: str) -> bool:
     return PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute()
 
 
-def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
+def read_manifest(path: str | Path, *, allow_absolute: bool = False, series: bool = False) -> Listing:
     """List a manifest's rows; rows that cannot be items are returned as bad, with the reason."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -82,7 +82,7 @@ def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
                 continue
         labels = parse_labels(str(record["label"]), multilabel)
         real = os.path.realpath(file)
-        problem = file_problem(file)
+        problem = None if series and os.path.isdir(file) else file_problem(file)  # 3D: a folder row is a series
         if not labels:
             bad[where] = "no label"
         elif problem:

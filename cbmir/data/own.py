@@ -27,6 +27,7 @@ from cbmir.data.fit import FITS
 from cbmir.data.folder import list_folder
 from cbmir.data.ingest import decode_into_partial, finalize, hash_files, read_metadata, write_csv
 from cbmir.data.manifest import read_manifest
+from cbmir.data.series import series_files
 from cbmir.data.splits import (
     assign_splits,
     groups_on_both_sides,
@@ -130,9 +131,10 @@ def own_config(d) -> OwnData:
 
 
 def list_source(own: OwnData) -> Listing:
+    series = own.spec.dims == 3  # a folder of single-frame DICOM files is one series, one volume
     if own.kind == "folder":
-        return list_folder(own.source)
-    return read_manifest(own.source, allow_absolute=own.allow_absolute)
+        return list_folder(own.source, series=series)
+    return read_manifest(own.source, allow_absolute=own.allow_absolute, series=series)
 
 
 def _assign(own: OwnData, entries: list[Entry], base: Path) -> None:
@@ -150,10 +152,18 @@ def _assign(own: OwnData, entries: list[Entry], base: Path) -> None:
         write_assignment(path, assignment)
 
 
+def _folder_stats(folder: Path) -> tuple[int, int]:
+    stats = [p.stat() for p in series_files(folder)]
+    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
 def _stats(entries: list[Entry], bad: dict[str, str]) -> dict[str, tuple[int, int]]:
     out = {}
     for e in entries:
         try:
+            if e.path.is_dir():  # a DICOM series: its files' total size and newest change
+                out[e.source] = _folder_stats(e.path)
+                continue
             st = os.stat(e.path)
         except OSError as exc:
             bad[e.source] = f"cannot be read ({exc.strerror})"

@@ -54,6 +54,46 @@ def is_series_folder(folder: Path | str) -> bool:
     return len(images) >= 2 and all(file_format(e.path) == "dicom" for e in images)
 
 
+def single_frame(path: Path | str) -> bool:
+    """Whether a DICOM file holds one frame (a slice of a series), from its header alone."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return int(header.get("NumberOfFrames") or 1) == 1
+    except Exception:
+        return False
+
+
+def group_series(paths: list[str]) -> dict[str, list[str]]:
+    """Folders whose files (among ``paths``) are two or more single-frame DICOM files: folder -> its files.
+
+    For 3D own data: such a folder is one series, one item; multi-frame files and NIfTI stay items of their own.
+    """
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        by_folder.setdefault(os.path.dirname(path), []).append(path)
+    return {
+        folder: files
+        for folder, files in by_folder.items()
+        if len(files) >= 2 and all(file_format(f) == "dicom" and single_frame(f) for f in files)
+    }
+
+
+def folder_digest(folder: Path | str) -> tuple[int, int, str]:
+    """A series folder's total bytes, newest mtime (ns) and blake2b over its files' names and bytes."""
+    import hashlib
+
+    digest, size, newest = hashlib.blake2b(digest_size=16), 0, 0
+    for path in series_files(folder):
+        data = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        size, newest = size + len(data), max(newest, path.stat().st_mtime_ns)
+    return size, newest, digest.hexdigest()
+
+
 def _headers(folder: Path, limits: DecodeLimits) -> list[Slice]:
     import pydicom
 

@@ -83,3 +83,47 @@ def test_series_size_is_checked_from_headers_and_2d_refuses_it(tmp_path):
         decode(tmp_path / "s", None, DecodeSpec(size=8, dims=3), limits=DecodeLimits(max_voxels=500))
     with pytest.raises(BadFile, match="a DICOM series \\(a volume\\) where 2D images are expected"):
         decode(tmp_path / "s", None, DecodeSpec(size=8, dims=2))
+
+
+def test_a_series_folder_is_one_query_decoded_as_its_nifti_twin(tmp_path):
+    from PIL import Image
+
+    from cbmir.index.query import expand
+    from cbmir.index.retrieve import QueryEmbedder
+
+    write_series(tmp_path / "series", STORED)
+    twin = nifti_twin(tmp_path / "twin.nii.gz")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(flat / name)
+    assert expand([tmp_path / "series", flat]) == [tmp_path / "series", flat / "a.png", flat / "b.png"]
+    embedder = QueryEmbedder.__new__(QueryEmbedder)  # the decoding half only: no model needed
+    embedder.spec, embedder.side = DecodeSpec(size=16, dims=3), None
+    np.testing.assert_array_equal(
+        embedder.pixels(str(tmp_path / "series"), None), embedder.pixels("twin.nii.gz", twin.read_bytes())
+    )
+
+
+def test_series_folders_are_ingested_as_one_volume_each(tmp_path):
+    from cbmir.data import open_split
+    from tests.helpers.own_fixtures import Node
+
+    root = tmp_path / "tree"
+    for c, label in enumerate(("liver", "lung")):
+        for p in range(3):
+            stored = np.random.default_rng([c, p]).integers(0, 4000, STORED.shape).astype(np.uint16)
+            write_series(root / label / f"p{p}" / "ct", stored, seed=p)
+            nifti_twin(tmp_path / "twins" / label / f"p{p}.nii.gz", stored)
+    cfg = Node(
+        {"kind": "folder", "name": "ct", "root": str(root), "dims": 3, "workers": 1, "split": {"fraction": 0.34}}
+    )
+    train, test = open_split(cfg, 16, tmp_path / "data", "train"), open_split(cfg, 16, tmp_path / "data", "test")
+    sources = sorted(train.provenance.sources + test.provenance.sources)
+    assert sources == [f"{label}/p{p}/ct/" for label in ("liver", "lung") for p in range(3)]
+    for split in (train, test):
+        for source, pixels in zip(split.provenance.sources, split.images):
+            label, patient = source.split("/")[:2]
+            twin = tmp_path / "twins" / label / f"{patient}.nii.gz"
+            expected = decode(twin, b"", DecodeSpec(size=16, dims=3)).pixels
+            np.testing.assert_array_equal(pixels, expected)
