@@ -57,3 +57,31 @@ def test_a_damaged_nifti_names_the_file_not_its_path(tmp_path):
     path.write_bytes(b"\0" * 400)
     text = _reason(path, path.read_bytes(), dims=3)
     assert text.startswith("not a readable NIfTI file") and str(tmp_path) not in text
+
+
+def test_pydicom_warnings_are_logged_with_the_file_name_not_printed(tmp_path, caplog):
+    import logging
+    import warnings
+    from io import BytesIO
+
+    import pydicom
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = pydicom.dcmread(write_dicom(tmp_path / "ct.dcm", np.zeros((8, 8), np.uint16)))
+    parts = []
+    for implicit, write in (
+        (False, lambda f: write_file_meta_info(f, ds.file_meta)),
+        (True, lambda f: write_dataset(f, ds)),
+    ):
+        buffer = BytesIO()
+        fp = DicomFileLike(buffer)
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write(fp)
+        parts.append(buffer.getvalue())
+    data = b"\0" * 128 + b"DICM" + parts[0] + parts[1]  # the meta says explicit VR, the dataset is implicit
+    with warnings.catch_warnings(record=True) as shown, caplog.at_level(logging.INFO, logger="cbmir.data.dicom"):
+        warnings.simplefilter("always")
+        assert decode("ct.dcm", data, DecodeSpec(size=8)).pixels.shape == (8, 8)
+    assert shown == []
+    assert "ct.dcm: pydicom: Expected explicit VR, but found implicit VR" in caplog.text
