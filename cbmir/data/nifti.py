@@ -57,10 +57,10 @@ def _read(
     if len(shape) != 3:
         raise BadFile(f"a NIfTI image of shape {shape}: only 3D volumes are supported")
     check_size(name, shape, limits, volume=True, detail=f"{img.get_data_dtype()} voxels")
-    return radiological(img, window_bounds(window), name)
+    return radiological(img, window_bounds(window), name, path)
 
 
-def radiological(img, bounds: tuple[float | None, float | None], name: str) -> Decoded:
+def radiological(img, bounds: tuple[float | None, float | None], name: str, path: object = None) -> Decoded:
     """A nibabel image (a NIfTI file's, or a DICOM series' with its affine) as the axial slices cbmir stores.
 
     Closest canonical (RAS) axes, then ``(z, y, x)`` with anterior up and the patient's right on the left,
@@ -71,15 +71,18 @@ def radiological(img, bounds: tuple[float | None, float | None], name: str) -> D
     try:
         img = nib.as_closest_canonical(img)
         values = np.asanyarray(img.dataobj, dtype=np.float64)
+        if isinstance(values, np.memmap) or not values.flags.writeable:  # float64 on disk: never write there
+            values = np.array(values)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     except MemoryError:
         raise BadFile(f"{name} is too large to decode in this process's memory") from None
     except (EOFError, OSError) as exc:
-        raise BadFile(f"a truncated NIfTI file: its voxel data ends early ({reason(exc)})") from None
+        raise BadFile(f"a truncated NIfTI file: its voxel data ends early ({reason(exc, path, name)})") from None
     except Exception as exc:
-        raise BadFile(f"not a readable NIfTI file ({reason(exc)})") from None
+        raise BadFile(f"not a readable NIfTI file ({reason(exc, path, name)})") from None
     if values.ndim == 4:
         values = values[..., 0]
     slices = values.transpose(2, 1, 0)[:, ::-1, ::-1]  # RAS (x, y, z) -> (z, anterior up, patient right on the left)
     shape = tuple(int(n) for n in img.shape[:3])
-    return Decoded(to_uint8(slices, *bounds), shape, (zooms[2], zooms[1], zooms[0]))
+    pixels = to_uint8(slices, *bounds, overwrite=True)  # ``values`` is this function's own scratch array
+    return Decoded(pixels, shape, (zooms[2], zooms[1], zooms[0]))

@@ -75,12 +75,16 @@ def check_size(name: str, claimed: tuple[int, ...], limits: DecodeLimits, *, vol
         )
 
 
-def to_uint8(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+def to_uint8(
+    values: np.ndarray, low: float | None = None, high: float | None = None, *, overwrite: bool = False
+) -> np.ndarray:
     """Map ``[low, high]`` linearly onto 0-255 (clipped, rounded); the data's own min-max where not given.
 
-    One float64 working copy, changed in place: a 100 Mpx image needs 0.8 GB here, not four times that.
+    One float64 working copy, changed in place: a 100 Mpx image needs 0.8 GB here, not four times that;
+    ``overwrite=True`` works in ``values`` itself when it is float64 already (a caller's own scratch array).
     """
-    x = np.array(values, dtype=np.float64, copy=True)
+    owned = overwrite and isinstance(values, np.ndarray) and values.dtype == np.float64
+    x = values if owned else np.array(values, dtype=np.float64, copy=True)
     if low is None or high is None:
         finite = np.isfinite(x)
         if finite.all():
