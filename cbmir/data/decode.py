@@ -107,6 +107,11 @@ def read_any(path: Path | str, data: bytes | None, spec: DecodeSpec, limits: Dec
         if spec.dims == 2:
             raise BadFile("a DICOM series (a volume) where 2D images are expected: this dataset or index is 2D")
         return read_series(path, spec.window, limits=limits)
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise BadFile(f"cannot be read ({exc.strerror or reason(exc)})") from None
     kind = file_format(path)
     if kind is None:
         raise BadFile(SUPPORTED)

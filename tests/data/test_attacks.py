@@ -125,3 +125,12 @@ def test_limits_from_config_name_the_key(node, key):
         DecodeLimits.from_config(node)
     assert DecodeLimits.from_config(None) == DecodeLimits() == DecodeLimits.from_config({})
     assert DecodeLimits.from_config({"max_pixels": 10, "max_voxels": 20}) == DecodeLimits(10, 20)
+
+
+def test_the_configs_decode_block_is_read_and_checked(compose):
+    """``conf/config.yaml``'s ``decode`` block holds the defaults; ``cbmir.cell.run.validate`` reads it the same way."""
+    from cbmir.errors import ConfigError
+
+    assert DecodeLimits.from_config(compose([]).decode) == DecodeLimits()
+    with pytest.raises(ConfigError, match=r"decode\.max_voxels must be a positive whole number of pixels, got 0"):
+        DecodeLimits.from_config(compose(["decode.max_voxels=0"]).decode)
