@@ -265,8 +265,9 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
         raise BadFile(f"its DICOM pixel data ({label}) cannot be decoded: {reason(exc)}") from None
     shape = tuple(int(n) for n in arr.shape)
     spacing = None
-    if frames > 1:
-        rows = [float(v) for v in ds.get("PixelSpacing", [1.0, 1.0])]
-        depth = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-        spacing = (depth, *rows)
+    if frames > 1:  # an enhanced file keeps its spacing in the (shared or first frame's) pixel measures
+        source = _frame_item(ds, 0, "PixelMeasuresSequence") or ds
+        rows = [float(v) for v in source.get("PixelSpacing") or ds.get("PixelSpacing") or [1.0, 1.0]]
+        depth = source.get("SpacingBetweenSlices") or source.get("SliceThickness") or ds.get("SpacingBetweenSlices")
+        spacing = (float(depth or ds.get("SliceThickness") or 1.0), *rows)
     return Decoded(pixels, shape, spacing)

@@ -47,9 +47,13 @@ def test_enhanced_multiframe_uses_each_frames_rescale_and_window(tmp_path):
             )
         )
     ds.PerFrameFunctionalGroupsSequence = frames
-    ds.SharedFunctionalGroupsSequence = [_group()]
+    ds.SharedFunctionalGroupsSequence = [
+        _group(PixelMeasuresSequence=[_group(PixelSpacing=[0.5, 0.7], SpacingBetweenSlices=3.0)])
+    ]
     ds.save_as(path, enforce_file_format=True)
-    got = read_dicom(path.read_bytes()).pixels
+    decoded = read_dicom(path.read_bytes())
+    got = decoded.pixels
+    assert decoded.spacing == (3.0, 0.5, 0.7)  # from the shared pixel measures
     # DICOM's linear window (PS3.3 C.11.2.1.2.1) on each frame's own rescaled values, as pydicom applies it
     from pydicom.pixels import apply_windowing
 
