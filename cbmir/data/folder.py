@@ -21,13 +21,15 @@ from cbmir.data.entries import Entry, Listing, check_split_names, inside
 from cbmir.data.series import group_series
 from cbmir.errors import ConfigError
 
+FOLLOW = "(set dataset.allow_absolute=true to follow it)"
+
 
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan(folder: str, root: str, bad: dict[str, str], ancestors: frozenset[str] = frozenset()) -> list[str]:
-    """Every visible file under ``folder`` in sorted walk order; links are followed, but never out of ``root``.
+def _scan(folder: str, root: str | None, bad: dict[str, str], ancestors: frozenset[str] = frozenset()) -> list[str]:
+    """Every visible file under ``folder`` in walk order; links followed, never out of ``root`` (None: anywhere).
 
     A link that leaves the root, a link loop (a file link to itself, a folder link to one of its own
     ancestors) or an unreadable entry goes into ``bad`` (absolute path -> reason), never into an exception.
@@ -49,8 +51,8 @@ def _scan(folder: str, root: str, bad: dict[str, str], ancestors: frozenset[str]
         if item.name.startswith("."):
             continue
         try:
-            if item.is_symlink() and not inside(root, item.path):
-                bad[item.path] = f"a link that leaves the root {root}"
+            if root is not None and item.is_symlink() and not inside(root, item.path):
+                bad[item.path] = f"a link that leaves the root {root} {FOLLOW}"
             elif item.is_dir():
                 files += _scan(item.path, root, bad, ancestors)
             else:
@@ -95,8 +97,11 @@ def _relative(path: str, start: int) -> str:
     return path[start:].replace(os.sep, "/")
 
 
-def list_folder(root: str | Path, *, series: bool = False) -> Listing:
-    """List a class-folder tree; bad entries are kept aside with their reason, never dropped silently."""
+def list_folder(root: str | Path, *, series: bool = False, allow_absolute: bool = False) -> Listing:
+    """List a class-folder tree; bad entries are kept aside with their reason, never dropped silently.
+
+    ``series``: a folder of one DICOM series is one item (3D); ``allow_absolute``: links may leave the root.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"dataset.root={root} is not a folder")
@@ -119,10 +124,12 @@ def list_folder(root: str | Path, *, series: bool = False) -> Listing:
     for split_dir in top if split_dirs else [root]:
         split = split_dir.name if split_dirs else None
         for class_dir in _visible_dirs(split_dir):
-            if class_dir.is_symlink() and not inside(root, class_dir):
-                bad[class_dir.relative_to(root).as_posix() + "/"] = f"a link that leaves the root {root}"
+            if not allow_absolute and class_dir.is_symlink() and not inside(root, class_dir):
+                bad[class_dir.relative_to(root).as_posix() + "/"] = f"a link that leaves the root {root} {FOLLOW}"
                 continue
-            found_by_class.append((split, class_dir, _scan(str(class_dir), str(root), walk_bad)))
+            found_by_class.append(
+                (split, class_dir, _scan(str(class_dir), None if allow_absolute else str(root), walk_bad))
+            )
         if split:
             for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
                 bad[stray.relative_to(root).as_posix()] = "a file outside any class folder"

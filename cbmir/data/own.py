@@ -133,7 +133,7 @@ def own_config(d) -> OwnData:
 def list_source(own: OwnData) -> Listing:
     series = own.spec.dims == 3  # a folder of single-frame DICOM files is one series, one volume
     if own.kind == "folder":
-        return list_folder(own.source, series=series)
+        return list_folder(own.source, series=series, allow_absolute=own.allow_absolute)
     return read_manifest(own.source, allow_absolute=own.allow_absolute, series=series)
 
 
