@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DEFLATED_HEADER = 8 << 20
 PIXEL_DATA = 0x7FE00010
 DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 logging.getLogger("pydicom").propagate = False  # its warn_and_log duplicates warnings, which are captured below
 
 
@@ -253,6 +254,8 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
         )
     syntax = ds.file_meta.get("TransferSyntaxUID")
     _check_native_length(ds)
+    if syntax == RLE_LOSSLESS:  # pydicom's own RLE decoder: pylibjpeg-rle panics (and prints) on a damaged stream
+        ds.pixel_array_options(decoding_plugin="pydicom")
     try:
         arr = ds.pixel_array
         pixels = _render(ds, arr, window)

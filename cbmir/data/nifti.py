@@ -18,6 +18,23 @@ from cbmir.data.pixels import BadFile, Decoded, DecodeLimits, check_size, reason
 log = logging.getLogger(__name__)
 
 
+class _ToCbmirLog(logging.Handler):
+    """nibabel's header checks print through their own stream handler: they go to cbmir's log instead."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.info("nibabel: %s", record.getMessage())
+
+
+def _route_nibabel_log() -> None:
+    nib_log = logging.getLogger("nibabel.global")
+    for handler in list(nib_log.handlers):
+        if type(handler) is logging.StreamHandler:
+            nib_log.removeHandler(handler)
+    if not any(isinstance(h, _ToCbmirLog) for h in nib_log.handlers):
+        nib_log.addHandler(_ToCbmirLog())
+    nib_log.propagate = False
+
+
 def read_nifti(
     path: Path | str,
     window: tuple[float, float] | None = None,
@@ -47,6 +64,7 @@ def _read(
 ) -> Decoded:
     import nibabel as nib
 
+    _route_nibabel_log()  # after nibabel's import, which installs its handler
     try:
         img = nib.load(str(path))  # the header only: the voxels stay on disk behind a proxy
         shape = tuple(int(n) for n in img.shape)

@@ -1,8 +1,9 @@
 """Seeded byte mutations of real files (pydicom's, scikit-image's and nibabel's own test files) through decode().
 
 Asserts what the issue asks of the one decoding entry point: only cbmir's :class:`BadFile` escapes, no case
-runs longer than :data:`CASE_SECONDS` (an interval timer interrupts a hang), and the process's peak RSS grows
-by less than :data:`BOUND_MB` over the whole run. Hypothesis is not installed; the mutations are seeded numpy
+runs longer than :data:`CASE_SECONDS` (an interval timer interrupts a hang), the process's peak RSS grows
+by less than :data:`BOUND_MB` over the whole run, and nothing is printed (library warnings go to the log).
+Hypothesis is not installed; the mutations are seeded numpy
 draws (flipped bytes, header fields overwritten with huge or zero values, truncation, insertion, deletion,
 a duplicated span), so a failure names the file and seed that reproduce it.
 """
@@ -80,7 +81,7 @@ def _alarm(signum, frame):
     raise TimeoutError
 
 
-def test_mutated_real_files_raise_only_badfile_in_bounded_time_and_memory(tmp_path):
+def test_mutated_real_files_raise_only_badfile_in_bounded_time_and_memory(tmp_path, capfd):
     seeds = _seeds()
     assert all(path.is_file() for _, path in seeds)
     failures, outcomes = [], {"decoded": 0, "refused": 0}
@@ -111,6 +112,8 @@ def test_mutated_real_files_raise_only_badfile_in_bounded_time_and_memory(tmp_pa
                         signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.signal(signal.SIGALRM, previous)
+    printed = capfd.readouterr()  # at the file-descriptor level: a Rust panic or a library's own handler too
     assert not failures, "\n".join(failures)
+    assert printed.out == "" and printed.err == "", f"printed during decoding: {printed.err[:300] or printed.out[:300]}"
     assert outcomes["decoded"] > 0 and outcomes["refused"] > 0  # both paths were exercised
     assert peak["mb"] < BOUND_MB, f"peak RSS grew {peak['mb']:.0f} MB over the fuzz run"
