@@ -228,7 +228,9 @@ def compute_cell(
     t_start = time.perf_counter()
     L.seed_everything(cell.seed, verbose=False)
     side, volume = cell.volume_side, cell.volume
-    opened = open_splits(cell.dataset, cell.size, cell.data_dir, ROLE_SPLIT.values(), volume_side=side)
+    opened = open_splits(
+        cell.dataset, cell.size, cell.data_dir, ROLE_SPLIT.values(), volume_side=side, limits=cell.decode
+    )
     splits = {role: opened[split] for role, split in ROLE_SPLIT.items()}
     if cell.k > len(splits["database"]):
         raise ConfigError(

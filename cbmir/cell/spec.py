@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cbmir.data.pixels import DecodeLimits
 from cbmir.errors import ConfigError, InvalidCellError
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id
 from cbmir.metrics.retrieval import TIE_RULES
@@ -89,6 +90,7 @@ class CellSpec:
     volume: VolumeSpec | None
     volume_side: int | None
     stats: StatsSettings
+    decode: DecodeLimits
     search: SearchSpec
     batch_size: int
     num_workers: int | str
@@ -161,6 +163,7 @@ def build_spec(cfg: DictConfig) -> CellSpec:
     from cbmir.data import dataset_facts
 
     facts = dataset_facts(cfg.dataset)
+    decode = DecodeLimits.from_config(cfg.get("decode"))
     if not isinstance(cfg.size, int) or isinstance(cfg.size, bool) or cfg.size < 1:
         raise InvalidCellError(f"size must be a positive integer, got {cfg.size!r}")
     if facts.sizes is not None and cfg.size not in facts.sizes:
@@ -200,6 +203,7 @@ def build_spec(cfg: DictConfig) -> CellSpec:
         volume=volume,
         volume_side=side,
         stats=StatsSettings.from_config(cfg.get("stats")),
+        decode=decode,
         search=search_spec(cfg),
         batch_size=batch_size,
         num_workers=cfg.num_workers,

@@ -148,7 +148,14 @@ def build_index(cfg: DictConfig) -> Path:
     spec = build_spec(cfg)
     side, volume = spec.volume_side, spec.volume
     splits = {
-        role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT[role], volume_side=side)
+        role: open_split(
+            cfg.dataset,
+            cfg.size,
+            cfg.paths.data_dir,
+            ROLE_SPLIT[role],
+            volume_side=side,
+            limits=spec.decode,
+        )
         for role in roles
     }
     cache = {role: Path(result["embeddings"][role]) for role in roles}

@@ -125,10 +125,14 @@ class QueryEmbedder:
                 "preprocessing changed since the build; rebuild the index"
             )
 
-    def pixels(self, name: str, data: bytes) -> np.ndarray:
-        """A file's bytes → one item as the index stores them (``(s, s[, 3])`` image, or volume at the cell's side)."""
-        name = upload_name(name, data)
-        if file_format(name) == "nifti":  # nibabel reads from a path
+    def pixels(self, name: str, data: bytes | None) -> np.ndarray:
+        """A file's bytes → one item as the index stores them (``(s, s[, 3])`` image, or volume at the cell's side).
+
+        ``data=None``: ``name`` is a local folder holding one DICOM series (``cbmir query IDX SERIES_FOLDER``).
+        """
+        if data is None:
+            pixels = decode(name, None, self.spec).pixels
+        elif file_format(name := upload_name(name, data)) == "nifti":  # nibabel reads from a path
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / name
                 path.write_bytes(data)
@@ -204,7 +208,7 @@ class Retriever:
         distances, rows = self.index.faiss_index.search(q, k)
         return distances, rows.astype(np.int64)
 
-    def query(self, name: str, data: bytes, k: int = 5) -> Answer:
+    def query(self, name: str, data: bytes | None, k: int = 5) -> Answer:
         """Decode, embed and search one file; raises :class:`BadFile` for a file that is not a readable image."""
         t0 = time.perf_counter()
         pixels = self.embedder.pixels(name, data)
