@@ -24,6 +24,7 @@ from cbmir.cell.evaluate import CellResult, RetrievalEvaluator
 from cbmir.cell.loggers import close_loggers, make_loggers
 from cbmir.cell.store import EmbeddingWriter, cache_path, entry_problem, reusable
 from cbmir.data import ROLE_SPLIT, ImageArrayDataset, collate_batched, dataset_facts, open_splits
+from cbmir.data.pixels import DecodeLimits
 from cbmir.errors import ConfigError, InvalidCellError, LockBusyError, NonFiniteEmbeddingError
 from cbmir.layout import cell_dir, cell_name, dataset_id, model_id, protocol_id, versions
 from cbmir.logs import get_logger
@@ -42,6 +43,7 @@ log = get_logger(__name__)
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before a model is built or a file downloaded."""
     facts = dataset_facts(cfg.dataset)
+    DecodeLimits.from_config(cfg.get("decode"))
     if not isinstance(cfg.size, int) or cfg.size < 1:
         raise InvalidCellError(f"size must be a positive integer, got {cfg.size!r}")
     if facts.sizes is not None and cfg.size not in facts.sizes:
@@ -291,7 +293,10 @@ def compute_cell(
     t_start = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     side, volume = volume_side(cfg), volume_spec(cfg)
-    opened = open_splits(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT.values(), volume_side=side)
+    limits = DecodeLimits.from_config(cfg.get("decode"))
+    opened = open_splits(
+        cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT.values(), volume_side=side, limits=limits
+    )
     splits = {role: opened[split] for role, split in ROLE_SPLIT.items()}
     if cfg.k > len(splits["database"]):
         raise ConfigError(

@@ -23,6 +23,7 @@ from cbmir.data.medmnist import (
     split_arrays,
 )
 from cbmir.data.own import OWN_KINDS, open_own_splits, own_config
+from cbmir.data.pixels import DecodeLimits
 from cbmir.data.volumes import resize_volumes, resized_volumes
 from cbmir.errors import ConfigError
 
@@ -93,17 +94,32 @@ def dataset_facts(cfg_dataset) -> DatasetFacts:
 
 
 def open_splits(
-    cfg_dataset, size: int, data_dir: str | Path, splits: Iterable[str], *, volume_side: int | None = None
+    cfg_dataset,
+    size: int,
+    data_dir: str | Path,
+    splits: Iterable[str],
+    *,
+    volume_side: int | None = None,
+    limits: DecodeLimits | None = None,
 ) -> dict[str, Split]:
     """Map the requested splits of the configured dataset (downloading or ingesting it once first).
 
-    ``volume_side`` (3D only) resamples every volume to ``volume_side``³ once and caches that too.
+    ``volume_side`` (3D only) resamples every volume to ``volume_side``³ once and caches that too; ``limits``
+    (the ``decode`` config node's caps) bound what own files may claim.
     """
     if dataset_kind(cfg_dataset) == "medmnist":
         return {s: open_medmnist_split(cfg_dataset, size, data_dir, s, volume_side=volume_side) for s in splits}
-    return open_own_splits(cfg_dataset, size, data_dir, splits, volume_side=volume_side)
+    return open_own_splits(cfg_dataset, size, data_dir, splits, volume_side=volume_side, limits=limits)
 
 
-def open_split(cfg_dataset, size: int, data_dir: str | Path, split: str, *, volume_side: int | None = None) -> Split:
+def open_split(
+    cfg_dataset,
+    size: int,
+    data_dir: str | Path,
+    split: str,
+    *,
+    volume_side: int | None = None,
+    limits: DecodeLimits | None = None,
+) -> Split:
     """One split of the configured dataset (see :func:`open_splits`)."""
-    return open_splits(cfg_dataset, size, data_dir, [split], volume_side=volume_side)[split]
+    return open_splits(cfg_dataset, size, data_dir, [split], volume_side=volume_side, limits=limits)[split]

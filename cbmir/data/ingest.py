@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmir.data.decode import DecodeSpec, decode_chunk, hash_chunk
+from cbmir.data.decode import DecodeLimits, DecodeSpec, decode_chunk, hash_chunk
 from cbmir.data.entries import LABEL_SEPARATOR, Entry
 from cbmir.logs import get_logger
 from cbmir.safety.files import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -149,7 +149,12 @@ class Stores:
 
 
 def decode_into_partial(
-    partial: Path, splits: dict[str, list[Entry]], spec: DecodeSpec, plan_key: str, workers: int
+    partial: Path,
+    splits: dict[str, list[Entry]],
+    spec: DecodeSpec,
+    plan_key: str,
+    workers: int,
+    limits: DecodeLimits | None = None,
 ) -> dict[str, list[dict]]:
     """Decode every entry into ``partial`` (resuming a finished prefix of chunks); the records per split."""
     plan = {"plan_key": plan_key, "counts": {s: len(e) for s, e in splits.items()}}
@@ -174,7 +179,7 @@ def decode_into_partial(
     from tqdm.auto import tqdm
 
     with tqdm(total=total, initial=total - sum(len(c.paths) for c in todo), unit="file", desc="ingest") as bar:
-        for chunk, results in run_chunks(decode_chunk, todo, (spec,), workers):
+        for chunk, results in run_chunks(decode_chunk, todo, (spec, limits or DecodeLimits()), workers):
             stores.write(chunk, results)
             atomic_write_text(rows / f"{chunk.split}-{chunk.start:09d}.json", json.dumps([r for _, r in results]))
             bar.update(len(results))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cbmir.data.datasets import ROLE_SPLIT, Provenance, Split, load_split
-from cbmir.data.decode import DecodeSpec
+from cbmir.data.decode import DecodeLimits, DecodeSpec
 from cbmir.data.entries import Entry, Listing, class_order
 from cbmir.data.fit import FITS
 from cbmir.data.folder import list_folder
@@ -205,9 +205,12 @@ def _bad_message(own: OwnData, bad: dict[str, str], listing_file: Path | None) -
     )
 
 
-def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
+def prepare(own: OwnData, size: int, data_dir: str | Path, limits: DecodeLimits | None = None) -> tuple[Path, dict]:
     """The ingested folder of this dataset at ``size`` (ingesting it when missing or stale) and its state."""
+    limits = limits or DecodeLimits()
     settings = own.settings(size)
+    if limits != DecodeLimits():  # which files are refused depends on the caps; the defaults keep older keys
+        settings["limits"] = [limits.max_pixels, limits.max_voxels]
     base = Path(data_dir).expanduser() / "own" / own.name
     folder = base / f"{size}px-{_key(settings)[:12]}"
     spec = DecodeSpec(size, own.spec.dims, own.spec.fit, own.spec.channels, own.spec.window)
@@ -244,7 +247,7 @@ def prepare(own: OwnData, size: int, data_dir: str | Path) -> tuple[Path, dict]:
             by_split.setdefault(e.split, []).append(e)
         partial = folder.with_name(folder.name + ".partial")
         log.info("ingesting %d files of %s at %d px into %s", len(entries), own.name, size, folder)
-        records = decode_into_partial(partial, by_split, spec, fast_key, own.workers)
+        records = decode_into_partial(partial, by_split, spec, fast_key, own.workers, limits)
         for split, split_entries in by_split.items():
             for e, r in zip(split_entries, records[split]):
                 if r["error"]:
@@ -294,11 +297,17 @@ def _read_columns(path: Path, names: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def open_own_splits(
-    cfg_dataset, size: int, data_dir: str | Path, splits: Iterable[str], *, volume_side: int | None = None
+    cfg_dataset,
+    size: int,
+    data_dir: str | Path,
+    splits: Iterable[str],
+    *,
+    volume_side: int | None = None,
+    limits: DecodeLimits | None = None,
 ) -> dict[str, Split]:
     """Ingest once (or find it current), then map each split with its provenance (source files, groups, classes)."""
     own = own_config(cfg_dataset)
-    folder, state = prepare(own, size, data_dir)
+    folder, state = prepare(own, size, data_dir, limits)
     out = {}
     for split in splits:
         if split not in state["counts"]:

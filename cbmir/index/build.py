@@ -134,6 +134,7 @@ def build_index(cfg: DictConfig) -> Path:
 
     from cbmir.cell.run import volume_side, volume_spec
     from cbmir.data import ROLE_SPLIT, dataset_facts, open_split
+    from cbmir.data.pixels import DecodeLimits
     from cbmir.index.files import sha256_file
     from cbmir.index.retrieve import QueryEmbedder
     from cbmir.search.exact import flat_index
@@ -147,7 +148,14 @@ def build_index(cfg: DictConfig) -> Path:
     roles = SPLIT_CHOICES[cfg.index.splits]
     side, volume = volume_side(cfg), volume_spec(cfg)
     splits = {
-        role: open_split(cfg.dataset, cfg.size, cfg.paths.data_dir, ROLE_SPLIT[role], volume_side=side)
+        role: open_split(
+            cfg.dataset,
+            cfg.size,
+            cfg.paths.data_dir,
+            ROLE_SPLIT[role],
+            volume_side=side,
+            limits=DecodeLimits.from_config(cfg.get("decode")),
+        )
         for role in roles
     }
     cache = {role: Path(result["embeddings"][role]) for role in roles}

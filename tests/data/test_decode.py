@@ -109,7 +109,7 @@ def test_dicom_multiframe_is_a_volume(tmp_path):
     decoded = read_dicom(path.read_bytes())
     assert decoded.pixels.shape == (6, 8, 8) and decoded.spacing is not None
     np.testing.assert_array_equal(decoded.pixels, to_uint8(stored))
-    with pytest.raises(BadFile, match="volume .* in a 2D dataset"):
+    with pytest.raises(BadFile, match="volume .* where 2D images are expected"):
         _decode(path, 8)
     assert _decode(path, 8, dims=3).shape == (8, 8, 8)
 
@@ -172,7 +172,7 @@ def test_nifti_axial_slices_in_canonical_orientation(tmp_path, suffix):
     np.testing.assert_array_equal(read_nifti(path).pixels, expected)
     np.testing.assert_array_equal(read_nifti(same).pixels, expected)
     assert got.pixels.shape == (10, 10, 10)
-    with pytest.raises(BadFile, match="2D dataset"):
+    with pytest.raises(BadFile, match="NIfTI volume where 2D images are expected: this dataset or index holds 2D images only"):
         decode(path, b"", DecodeSpec(size=10))
 
 

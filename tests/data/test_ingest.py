@@ -135,16 +135,16 @@ def test_interrupted_ingestion_resumes_where_it_stopped(tmp_path, monkeypatch):
     calls = []
     real = ingest.decode_chunk
 
-    def dying(paths, spec):
+    def dying(paths, spec, limits):
         calls.append(len(paths))
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(paths, spec)
+        return real(paths, spec, limits)
 
     monkeypatch.setattr(ingest, "decode_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
         open_split(folder_cfg(root), 28, tmp_path / "data", "train")
-    monkeypatch.setattr(ingest, "decode_chunk", lambda paths, spec: calls.append(len(paths)) or real(paths, spec))
+    monkeypatch.setattr(ingest, "decode_chunk", lambda paths, spec, limits: calls.append(len(paths)) or real(paths, spec, limits))
     calls.clear()
     resumed = open_split(folder_cfg(root), 28, tmp_path / "data", "train")
     assert sum(calls) == 24 - 9  # the three finished chunks were not decoded again
