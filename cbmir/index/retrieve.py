@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cbmir.data.decode import DICOM_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SUFFIXES, BadFile, DecodeSpec, decode, file_format
+from cbmir.data.pixels import DecodeLimits
 from cbmir.index.files import IndexFolder, IndexMismatchError, open_index
 
 log = logging.getLogger(__name__)
@@ -125,16 +126,19 @@ class QueryEmbedder:
                 "preprocessing changed since the build; rebuild the index"
             )
 
-    def pixels(self, name: str, data: bytes) -> np.ndarray:
-        """A file's bytes → one item as the index stores them (``(s, s[, 3])`` image, or volume at the cell's side)."""
+    def pixels(self, name: str, data: bytes, *, limits: DecodeLimits | None = None) -> np.ndarray:
+        """A file's bytes → one item as the index stores them (``(s, s[, 3])`` image, or volume at the cell's side).
+
+        ``limits`` caps what the file's header may claim (the server passes its own, smaller ones).
+        """
         name = upload_name(name, data)
         if file_format(name) == "nifti":  # nibabel reads from a path
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / name
                 path.write_bytes(data)
-                pixels = decode(path, data, self.spec).pixels
+                pixels = decode(path, data, self.spec, limits=limits).pixels
         else:
-            pixels = decode(name, data, self.spec).pixels
+            pixels = decode(name, data, self.spec, limits=limits).pixels
         if self.side is not None and pixels.shape[0] != self.side:
             from cbmir.data.volumes import resize_volumes
 
@@ -204,10 +208,10 @@ class Retriever:
         distances, rows = self.index.faiss_index.search(q, k)
         return distances, rows.astype(np.int64)
 
-    def query(self, name: str, data: bytes, k: int = 5) -> Answer:
+    def query(self, name: str, data: bytes, k: int = 5, *, limits: DecodeLimits | None = None) -> Answer:
         """Decode, embed and search one file; raises :class:`BadFile` for a file that is not a readable image."""
         t0 = time.perf_counter()
-        pixels = self.embedder.pixels(name, data)
+        pixels = self.embedder.pixels(name, data, limits=limits)
         t1 = time.perf_counter()
         vector = self.embedder.embed(pixels[None])
         t2 = time.perf_counter()

@@ -32,7 +32,7 @@ class Upload:
 
 
 def too_large(limit_mb: float) -> HTTPException:
-    return HTTPException(413, f"the upload is larger than this server's limit of {limit_mb:g} MB")
+    return HTTPException(413, f"the upload is too large: this server takes files up to {limit_mb:g} MB")
 
 
 class _Collector:
