@@ -19,6 +19,7 @@ from PIL import Image
 from cbmir.index.retrieve import Retriever
 from cbmir.index.serve import create_app
 from tests.helpers.index_fixtures import build_tiny_index, write_dicom
+from tests.helpers.serve_fixtures import png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,6 @@ def retriever(data_dir, tmp_path_factory) -> Retriever:
 @pytest.fixture(scope="module")
 def client(retriever) -> TestClient:
     return TestClient(create_app(retriever, max_upload_mb=0.05, k=4))
-
-
-def png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(pixels)).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 def test_page_and_info_name_the_model_and_dataset(client):
