@@ -9,7 +9,6 @@ embedded and searched in the pool's threads. Every refusal is a 4xx with one sen
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import logging
 import os
@@ -25,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from cbmir.data.decode import DICOM_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SUFFIXES, BadFile
 from cbmir.errors import CbmirError
 from cbmir.index.files import BrokenIndexError
-from cbmir.index.retrieve import Retriever, upload_name
+from cbmir.index.retrieve import FILTER_COLUMNS, Retriever, parse_where, upload_name
 from cbmir.index.server.audit import AuditLog
 from cbmir.index.server.auth import COOKIE, TokenFile
 from cbmir.index.server.gate import ANONYMOUS, Gate
@@ -100,17 +99,14 @@ def decode_limits(options: ServeOptions) -> Any:
 
 
 def query_fields(fields: dict[str, list[str]], default_k: int) -> tuple[int, dict[str, list[str]]]:
-    """``k`` (1…50) and the ``where`` filters (``key=value``, repeated) of a query form."""
+    """``k`` (1…50) and the ``where`` filters (``column=value``, repeated) of a query form."""
     raw_k = (fields.get("k") or [str(default_k)])[-1].strip()
     if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_K:
         raise HTTPException(400, f"k must be a whole number from 1 to {MAX_K} (got {raw_k[:20]!r})")
-    where: dict[str, list[str]] = {}
-    for condition in fields.get("where", []):
-        key, sep, value = condition.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise HTTPException(400, f"a filter is written key=value, e.g. label=benign (got {condition[:60]!r})")
-        where.setdefault(key.strip(), []).append(value.strip())
-    return int(raw_k), where
+    try:
+        return int(raw_k), parse_where(fields.get("where", []))
+    except CbmirError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def create_app(source: Retriever | Live, options: ServeOptions | None = None, **overrides: Any) -> FastAPI:
@@ -171,13 +167,13 @@ def create_app(source: Retriever | Live, options: ServeOptions | None = None, **
             **{key: manifest.get(key) for key in keys},
             "n_items": len(served.index),
             "generation": served.generation,
-            "privacy": manifest.get("privacy", "plain"),
+            "privacy": (manifest.get("privacy") or {"mode": "plain"})["mode"],  # never the key file's path
             "k": opts.k,
             "max_k": MAX_K,
             "max_upload_mb": opts.max_upload_mb,
             "accepted": list(accepted_suffixes(manifest)),
             "full_size": served.index.images is not None,
-            "filters": "where" in inspect.signature(type(served.retriever).query).parameters,
+            "filters": list(FILTER_COLUMNS),
             "evaluation": manifest.get("evaluation"),
             "user": request.state.user,
             "access": "token" if tokens is not None else ("open" if opts.insecure_no_auth else "loopback"),
@@ -187,16 +183,11 @@ def create_app(source: Retriever | Live, options: ServeOptions | None = None, **
         """Decode, embed, search (in a pool thread): every problem with the file is a 400 sentence."""
         manifest, name = served.manifest, Path(upload.filename or "upload").name
         suffixes = accepted_suffixes(manifest)
-        extra: dict[str, Any] = {"limits": limits}
-        if where:
-            if "where" not in inspect.signature(type(served.retriever).query).parameters:
-                raise HTTPException(400, "this server's cbmir cannot filter queries (no `where`)")
-            extra["where"] = where
         try:
             typed = upload_name(name, upload.data)
             if not typed.lower().endswith(suffixes):
                 raise BadFile(f"a {Path(typed).suffix} file; this index takes {', '.join(suffixes)}")
-            answer = served.retriever.query(typed, upload.data, k, **extra)
+            answer = served.retriever.query(typed, upload.data, k, where or None, limits=limits)
         except (BadFile, CbmirError) as exc:
             raise HTTPException(400, f"{name} cannot be searched: {str(exc).splitlines()[0]}") from None
         body = answer.as_dict()
