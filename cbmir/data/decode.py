@@ -14,6 +14,7 @@ import neither torch nor the rest of cbmir's data pipeline.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,20 @@ import numpy as np
 from cbmir.data.dicom import read_dicom
 from cbmir.data.fit import fit_image, fit_volume
 from cbmir.data.nifti import read_nifti
-from cbmir.data.pixels import BadFile, Decoded, DecodeLimits, reason, to_uint8, window_bounds
+from cbmir.data.pixels import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PILLOW_SUFFIXES,
+    BadFile,
+    Decoded,
+    DecodeLimits,
+    file_format,
+    reason,
+    to_uint8,
+    window_bounds,
+)
 from cbmir.data.raster import read_pillow
+from cbmir.data.series import folder_digest, is_series_folder, read_series
 
 __all__ = [
     "BadFile",
@@ -32,6 +45,11 @@ __all__ = [
     "DecodeSpec",
     "decode",
     "decode_chunk",
+    "is_series_folder",
+    "read_series",
+    "DICOM_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "PILLOW_SUFFIXES",
     "file_format",
     "read_dicom",
     "read_nifti",
@@ -40,9 +58,6 @@ __all__ = [
     "window_bounds",
 ]
 
-PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SUPPORTED = "not a supported image (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)"
 
 
@@ -55,24 +70,6 @@ class DecodeSpec:
     fit: str = "pad"  # pad | crop | stretch
     channels: str = "auto"  # auto | 1 | 3 (2D only; volumes are gray)
     window: tuple[float, float] | None = None  # (center, width) in the source's units
-
-
-def file_format(path: Path | str) -> str | None:
-    """``pillow`` | ``dicom`` | ``nifti`` by suffix; a suffix-less file is DICOM when it says ``DICM``; else None."""
-    name = str(path).lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(PILLOW_SUFFIXES):
-        return "pillow"
-    if name.endswith(DICOM_SUFFIXES):
-        return "dicom"
-    if "." not in Path(name).name:
-        try:
-            with open(path, "rb") as fh:
-                return "dicom" if fh.read(132)[128:132] == b"DICM" else None
-        except OSError:
-            return None
-    return None
 
 
 def hash_bytes(data: bytes) -> str:
@@ -99,10 +96,18 @@ def conform_channels(pixels: np.ndarray, channels: str) -> np.ndarray:
     return pixels
 
 
-def read_any(path: Path | str, data: bytes, spec: DecodeSpec, limits: DecodeLimits) -> Decoded:
-    """The file's own pixels (not yet fitted), by its format; a 2D spec refuses a NIfTI before reading it."""
-    kind = file_format(path)
+def read_any(path: Path | str, data: bytes | None, spec: DecodeSpec, limits: DecodeLimits) -> Decoded:
+    """The file's own pixels (not yet fitted), by its format; a 2D spec refuses a NIfTI before reading it.
+
+    ``data=None`` with a folder path reads the DICOM series in that folder (:mod:`cbmir.data.series`); bytes
+    are never taken for a folder, so an upload's name cannot reach a local folder.
+    """
     name = Path(path).name
+    if data is None and os.path.isdir(path):  # a folder holding one DICOM series: one volume
+        if spec.dims == 2:
+            raise BadFile("a DICOM series (a volume) where 2D images are expected: this dataset or index is 2D")
+        return read_series(path, spec.window, limits=limits)
+    kind = file_format(path)
     if kind is None:
         raise BadFile(SUPPORTED)
     if kind == "pillow":
@@ -114,7 +119,7 @@ def read_any(path: Path | str, data: bytes, spec: DecodeSpec, limits: DecodeLimi
     return read_nifti(path, spec.window, name=name, limits=limits)
 
 
-def decode(path: Path | str, data: bytes, spec: DecodeSpec, *, limits: DecodeLimits | None = None) -> Decoded:
+def decode(path: Path | str, data: bytes | None, spec: DecodeSpec, *, limits: DecodeLimits | None = None) -> Decoded:
     """The file's pixels at the cell's size: a 2D image ``(s, s[, 3])`` or a volume ``(s, s, s)``.
 
     ``limits`` (default :class:`DecodeLimits`) caps what a header may claim; over a cap, or for any file that
@@ -147,9 +152,13 @@ def decode_chunk(
     for path in paths:
         record: dict = {"shape": "", "bytes": -1, "blake2b": "", "error": ""}
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            record["bytes"], record["blake2b"] = len(data), hash_bytes(data)
+            if os.path.isdir(path):  # a DICOM series: one volume
+                data = None
+                record["bytes"], _, record["blake2b"] = folder_digest(path)
+            else:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                record["bytes"], record["blake2b"] = len(data), hash_bytes(data)
             decoded = decode(path, data, spec, limits=limits)
             record["shape"] = "x".join(str(n) for n in decoded.shape)
             out.append((decoded.pixels, record))
@@ -167,7 +176,7 @@ def hash_chunk(paths: list[str]) -> list[str]:
     out = []
     for path in paths:
         try:
-            out.append(hash_file(path))
+            out.append(folder_digest(path)[2] if os.path.isdir(path) else hash_file(path))
         except OSError:
             out.append("")
     return out

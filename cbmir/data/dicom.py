@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: Inflated bytes of a deflated dataset read before its pixel data (the header and its sequences).
 DEFLATED_HEADER = 8 << 20
 PIXEL_DATA = 0x7FE00010
+DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 logging.getLogger("pydicom").propagate = False  # its warn_and_log duplicates warnings, which are captured below
 
 
@@ -36,43 +37,52 @@ def _no_pixels(tag, vr, length) -> bool:
 
 
 def _read_deflated(data: bytes, name: str, limits: DecodeLimits):
-    """A deflated dataset, inflated header first, then only as far as the size its header declares."""
+    """A deflated dataset, inflated header first, then only as far as the size its header declares.
+
+    pydicom's ``dcmread`` inflates the whole stream before it reads a tag, so the file meta group is read
+    here and the rest inflated in two bounded steps. A dataset of another transfer syntax is read as usual.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
     from pydicom.pixels.utils import get_expected_length
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     fp = DicomBytesIO(data)
     preamble = read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(BytesIO(data))
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = inflater.decompress(data[fp.tell() :], DEFLATED_HEADER)
     header = read_dataset(DicomBytesIO(body), False, True, stop_when=_no_pixels)
-    _check_header(header, name, limits)
-    budget = get_expected_length(header) + (1 << 20)  # the pixel data and trailing elements
-    body += inflater.decompress(inflater.unconsumed_tail, budget)
+    _check_header(header, name, limits, header_only=True)
+    budget = (get_expected_length(header) if "Rows" in header else 0) + (1 << 20)  # pixels and trailing elements
+    body = b"".join((body, inflater.decompress(inflater.unconsumed_tail, budget)))
     if not inflater.eof:
-        raise BadFile(f"{name} inflates to more than its header's {header.Rows} × {header.Columns} pixels declare")
-    from pydicom.dataset import FileDataset
-
+        raise BadFile(
+            f"{name} inflates to more than the {header.get('Rows')} × {header.get('Columns')} pixels "
+            "its header declares: refused before inflating the rest"
+        )
     return FileDataset(name, read_dataset(DicomBytesIO(body), False, True), preamble, meta, False, True)
 
 
 def _read(data: bytes, name: str, limits: DecodeLimits):
     import pydicom
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     if len(data) < 132 or data[128:132] != b"DICM":
         raise BadFile("not a DICOM file: no 128-byte preamble with the 'DICM' marker (DICOM Part 10) at its start")
-    if bytes(DeflatedExplicitVRLittleEndian.encode()) in data[:4096]:  # only then parse the meta group twice
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[])
-        if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            return _read_deflated(data, name, limits)
+    if DEFLATED_UID in data[:4096]:  # the file meta group names the transfer syntax near the start
+        return _read_deflated(data, name, limits)
     return pydicom.dcmread(BytesIO(data))
 
 
-def _check_header(ds, name: str, limits: DecodeLimits) -> None:
+def _check_header(ds, name: str, limits: DecodeLimits, *, header_only: bool = False) -> None:
     """Refuse a header that lacks the image module or claims more pixels than the caps allow."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not header_only and "PixelData" not in ds:
+        return
+    if header_only and "Rows" not in ds:
         return
     missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
     if missing:
@@ -85,6 +95,15 @@ def _check_header(ds, name: str, limits: DecodeLimits) -> None:
     claimed = (frames, rows, columns) if frames > 1 else (rows, columns)
     detail = f"{samples} sample(s) of {bits} bits ({_size(rows * columns * frames * samples * bits // 8)} decoded)"
     check_size(name, claimed, limits, volume=frames > 1, detail=detail)
+
+
+def _without_pixels(ds) -> str:
+    """Why a file has no pixel data: cut off before them (an image header or image class), or not an image."""
+    sop = ds.get("SOPClassUID") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID")
+    kind = getattr(sop, "name", str(sop or ""))
+    if "Rows" in ds or "Image Storage" in kind:
+        return f"a truncated DICOM file: it ends before its pixel data (its header describes {kind or 'an image'})"
+    return "a DICOM file without pixel data (a report, structured report or presentation state?)"
 
 
 def _size(n: int) -> str:
@@ -130,12 +149,14 @@ def _per_frame(ds, arr: np.ndarray, window: tuple[float, float] | None) -> np.nd
             for key in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction"):
                 if source is not None and source.get(key) is not None:
                     setattr(item, key, source.get(key))
-        item.PixelRepresentation, item.BitsStored = ds.get("PixelRepresentation", 0), ds.get("BitsStored", 16)
+        for key in ("PixelRepresentation", "BitsStored", "BitsAllocated", "PhotometricInterpretation"):
+            if ds.get(key) is not None:
+                setattr(item, key, ds.get(key))
         out[i] = _to_gray(frame, item, window)
     return out if arr.ndim == 3 else out[0]
 
 
-def _voi_range(ds) -> tuple[float, float]:
+def voi_range(ds) -> tuple[float, float]:
     """The output range of pydicom's ``apply_voi_lut`` on this file (its LUT's bit depth, or the window's limits)."""
     from pydicom.pixels import apply_windowing
 
@@ -153,18 +174,21 @@ def _to_gray(arr: np.ndarray, ds, window: tuple[float, float] | None) -> np.ndar
     if window is not None:
         return to_uint8(values, *window_bounds(window))
     if ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds):
-        return to_uint8(apply_voi_lut(values, ds, prefer_lut=True), *_voi_range(ds))
+        return to_uint8(apply_voi_lut(values, ds, prefer_lut=True), *voi_range(ds))
     return to_uint8(values)
 
 
 def _palette_rgb(arr: np.ndarray, ds) -> np.ndarray:
-    """PALETTE COLOR: the indices through the file's red, green and blue LUTs, at the LUTs' bit depth, to 8 bits."""
+    """PALETTE COLOR: the indices through the file's red, green and blue LUTs (pydicom), their top 8 bits kept.
+
+    A 16-bit LUT entry holds an 8-bit colour as ``v × 256`` (or ``v × 257``): the top byte is ``v`` exactly.
+    """
     from pydicom.pixels import apply_color_lut
 
     rgb = apply_color_lut(arr, ds)
     descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
     bits = int(descriptor[2]) if descriptor else 8 * rgb.dtype.itemsize
-    return rgb.astype(np.uint8) if bits <= 8 else to_uint8(rgb, 0.0, float(2**bits - 1))
+    return (rgb >> max(bits - 8, 0)).astype(np.uint8)
 
 
 def _render(ds, arr: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -195,6 +219,14 @@ def read_dicom(
         warnings.simplefilter("always")
         try:
             decoded = _decode(data, window, name, limits, dims)
+        except (BadFile, KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise BadFile(f"{name} is too large to decode in this process's memory") from None
+        except BaseException as exc:  # pydicom parses elements when first read: a damaged one fails anywhere
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            raise BadFile(f"a damaged DICOM file: an element of its header cannot be read ({reason(exc)})") from None
         finally:
             for w in caught:
                 log.info("%s: pydicom: %s", name, reason(w.message))
@@ -211,11 +243,14 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
     except Exception as exc:  # InvalidDicomError, struct.error, ValueError, KeyError, … on a damaged header
         raise BadFile(f"not a readable DICOM file: its header is damaged ({reason(exc)})") from None
     if "PixelData" not in ds:
-        raise BadFile("a DICOM file without pixel data (a report, structured report or presentation state?)")
+        raise BadFile(_without_pixels(ds))
     _check_header(ds, name, limits)
     frames = int(ds.get("NumberOfFrames") or 1)
     if dims == 2 and frames > 1:
-        raise BadFile(f"a volume of {frames} frames of {ds.Rows} × {ds.Columns} where 2D images are expected (a 2D dataset or index)")
+        raise BadFile(
+            f"a volume of {frames} frames of {ds.Rows} × {ds.Columns} where 2D images are expected "
+            "(a 2D dataset or index)"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID")
     _check_native_length(ds)
     try:
@@ -223,7 +258,9 @@ def _decode(data: bytes, window, name: str, limits: DecodeLimits, dims: int | No
         pixels = _render(ds, arr, window)
     except MemoryError:
         raise BadFile(f"{name} is too large to decode in this process's memory") from None
-    except Exception as exc:  # no plugin for the transfer syntax, truncated or corrupt pixel data
+    except BaseException as exc:  # no plugin for the syntax, corrupt data; a Rust decoder's panic is a BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
         label = getattr(syntax, "name", syntax) or "an unknown transfer syntax"
         raise BadFile(f"its DICOM pixel data ({label}) cannot be decoded: {reason(exc)}") from None
     shape = tuple(int(n) for n in arr.shape)

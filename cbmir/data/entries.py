@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,3 +78,16 @@ def inside(root: Path | str, path: Path | str) -> bool:
 def lexically_inside(root: str, path: str) -> bool:
     """Whether ``path`` (joined to ``root`` and normalised, ``..`` resolved without touching the disk) stays in it."""
     return os.path.normpath(os.path.join(root, path)).startswith(root.rstrip(os.sep) + os.sep)
+
+
+def file_problem(path: Path | str) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a broken link, a link loop, a folder), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link loop: a link that points back to itself"
+        if os.path.islink(path):
+            return "a broken link (its target does not exist)"
+        return "the file does not exist" if exc.errno == errno.ENOENT else f"cannot be read ({exc.strerror})"
+    return None if stat.S_ISREG(st.st_mode) else "not a file"

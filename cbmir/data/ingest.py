@@ -6,7 +6,8 @@ filled chunk by chunk, so memory is bounded by the chunks in flight, not the dat
 flushed. An interrupted ingestion therefore resumes at the first unfinished chunk, and a
 changed source (another plan key) starts over. :func:`finalize` then drops skipped files,
 writes labels, one metadata table per split (``<split>_metadata.csv``: source path, label,
-group, original shape, bytes, mtime, blake2b and the manifest's extra columns) and
+group, original shape, bytes, mtime, blake2b and the manifest's extra columns; formula starts neutralised
+for spreadsheets, the raw values in ``<split>_metadata.json``) and
 ``state.json``, sets the ``.complete`` marker and swaps the folder into place with renames.
 """
 
@@ -28,6 +29,7 @@ from cbmir.data.decode import DecodeLimits, DecodeSpec, decode_chunk, hash_chunk
 from cbmir.data.entries import LABEL_SEPARATOR, Entry
 from cbmir.logs import get_logger
 from cbmir.safety.files import atomic_save_npy, atomic_write_json, atomic_write_text
+from cbmir.safety.spreadsheet import neutralise
 
 log = get_logger(__name__)
 
@@ -207,15 +209,35 @@ def _compact(path: Path, keep: np.ndarray) -> None:
 def write_metadata(
     path: Path, entries: list[Entry], records: list[dict], stats: list[tuple[int, int]], extra: tuple
 ) -> None:
+    """``<split>_metadata.csv`` for people (formula starts neutralised) and ``.json`` beside it with the raw values.
+
+    Paths, labels, groups and a manifest's columns come from users: ``=HYPERLINK(…)`` in a cell would run when
+    the CSV is opened in a spreadsheet, so the CSV gets :func:`cbmir.safety.spreadsheet.neutralise`; cbmir
+    itself reads the JSON, whose strings are data and never formulas.
+    """
+    columns = [*METADATA_COLUMNS, *extra]
+    rows = []
+    for i, (e, r, (_, mtime)) in enumerate(zip(entries, records, stats)):
+        label = LABEL_SEPARATOR.join(e.labels)
+        row = [i, e.source, label, e.group_key, e.split, r["shape"], r["bytes"], mtime, r["blake2b"]]
+        rows.append(row + [e.extra.get(c, "") for c in extra])
+    write_csv(path, [columns, *rows])
+    atomic_write_json(path.with_suffix(".json"), {"columns": columns, "rows": rows})
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    """A CSV of user-supplied strings, every formula start neutralised, written atomically."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*METADATA_COLUMNS, *extra])
-        for i, (e, r, (_, mtime)) in enumerate(zip(entries, records, stats)):
-            label = LABEL_SEPARATOR.join(e.labels)
-            row = [i, e.source, label, e.group_key, e.split, r["shape"], r["bytes"], mtime, r["blake2b"]]
-            writer.writerow(row + [e.extra.get(c, "") for c in extra])
+        csv.writer(fh).writerows([neutralise(v) for v in row] for row in rows)
     os.replace(tmp, path)
+
+
+def read_metadata(path: Path, names: tuple[str, ...]) -> list[tuple]:
+    """Columns of a split's metadata, raw (from the JSON sidecar), one tuple per item."""
+    table = json.loads(path.with_suffix(".json").read_text())
+    at = [table["columns"].index(n) for n in names]
+    return [tuple(row[i] for i in at) for row in table["rows"]]
 
 
 def finalize(
@@ -242,10 +264,7 @@ def finalize(
             [stats[split][i] for i in keep],
             extra_columns,
         )
-    with open(partial / "skipped.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "reason"])
-        writer.writerows((s["path"], s["reason"]) for s in state["skipped"])
+    write_csv(partial / "skipped.csv", [["path", "reason"], *([s["path"], s["reason"]] for s in state["skipped"])])
     atomic_write_json(partial / "state.json", state)
     shutil.rmtree(partial / "rows", ignore_errors=True)
     (partial / "plan.json").unlink(missing_ok=True)

@@ -4,14 +4,25 @@ Columns: ``path`` (relative to the manifest's folder), ``label`` (multi-label as
 optional ``split`` (train | val | test) and ``group`` (patient or study id); every other
 column is kept as metadata and copied into the ingested split's table. A path that leaves
 the manifest's folder (``../``) or an absolute path (unless ``dataset.allow_absolute=true``),
-a missing file, an empty label and a path listed twice are bad rows, named with their row.
+a link leaving that folder, a missing file or a link loop, an empty label and a file listed twice (also
+under another spelling, ``img/../img/a.dcm``, or through a link) are bad rows, named with their row.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from cbmir.data.entries import LABEL_SEPARATOR, Entry, Listing, check_split_names, lexically_inside, parse_labels
+from cbmir.data.entries import (
+    LABEL_SEPARATOR,
+    Entry,
+    Listing,
+    check_split_names,
+    file_problem,
+    inside,
+    lexically_inside,
+    parse_labels,
+)
 from cbmir.errors import ConfigError
 
 REQUIRED = ("path", "label")
@@ -37,7 +48,7 @@ def _is_absolute(text: str) -> bool:
     return PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute()
 
 
-def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
+def read_manifest(path: str | Path, *, allow_absolute: bool = False, series: bool = False) -> Listing:
     """List a manifest's rows; rows that cannot be items are returned as bad, with the reason."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -52,7 +63,7 @@ def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
     multilabel = bool(frame["label"].str.contains(LABEL_SEPARATOR, regex=False).any())
     entries: list[Entry] = []
     bad: dict[str, str] = {}
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}  # real path -> (row, path as listed)
     for row, record in enumerate(frame.to_dict("records"), start=2):  # row 1 is the header
         source = str(record["path"]).strip()
         where = f"{source} (row {row})"
@@ -70,14 +81,18 @@ def read_manifest(path: str | Path, *, allow_absolute: bool = False) -> Listing:
                 bad[where] = f"a path that leaves the manifest's folder {root}"
                 continue
         labels = parse_labels(str(record["label"]), multilabel)
+        real = os.path.realpath(file)
+        problem = None if series and os.path.isdir(file) else file_problem(file)  # 3D: a folder row is a series
         if not labels:
             bad[where] = "no label"
-        elif not file.is_file():
-            bad[where] = "the file does not exist"
-        elif source in seen:
-            bad[where] = f"listed twice (first in row {seen[source]})"
+        elif problem:
+            bad[where] = problem
+        elif not allow_absolute and not inside(root, real):
+            bad[where] = f"a link that leaves the manifest's folder {root} (set dataset.allow_absolute=true to allow)"
+        elif real in seen:
+            bad[where] = f"the same file as row {seen[real][0]} ({seen[real][1]}): listed twice"
         else:
-            seen[source] = row
+            seen[real] = (row, source)
             split = str(record.get("split", "")).strip().lower() or None
             group = str(record.get("group", "")).strip() or None
             extra = {c: str(record[c]) for c in extra_columns}

@@ -9,7 +9,6 @@ removed file, a changed label, group or split) ingests again. Never a stale cach
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import hashlib
 import json
@@ -26,8 +25,9 @@ from cbmir.data.decode import DecodeLimits, DecodeSpec
 from cbmir.data.entries import Entry, Listing, class_order
 from cbmir.data.fit import FITS
 from cbmir.data.folder import list_folder
-from cbmir.data.ingest import decode_into_partial, finalize, hash_files
+from cbmir.data.ingest import decode_into_partial, finalize, hash_files, read_metadata, write_csv
 from cbmir.data.manifest import read_manifest
+from cbmir.data.series import series_files
 from cbmir.data.splits import (
     assign_splits,
     groups_on_both_sides,
@@ -46,7 +46,7 @@ log = get_logger(__name__)
 OWN_KINDS = ("folder", "manifest")
 BAD_FILE_RULES = ("error", "skip")
 #: Bumped when decoding changes, so every earlier ingestion is redone.
-INGEST_VERSION = "own-v1"
+INGEST_VERSION = "own-v2"
 ROLE_TEXT = {"database": "the database", "query": "the queries"}
 #: Bad files named in an error message (all of them are in ``bad_files.csv``).
 SHOWN_BAD = 40
@@ -131,9 +131,10 @@ def own_config(d) -> OwnData:
 
 
 def list_source(own: OwnData) -> Listing:
+    series = own.spec.dims == 3  # a folder of single-frame DICOM files is one series, one volume
     if own.kind == "folder":
-        return list_folder(own.source)
-    return read_manifest(own.source, allow_absolute=own.allow_absolute)
+        return list_folder(own.source, series=series)
+    return read_manifest(own.source, allow_absolute=own.allow_absolute, series=series)
 
 
 def _assign(own: OwnData, entries: list[Entry], base: Path) -> None:
@@ -151,10 +152,18 @@ def _assign(own: OwnData, entries: list[Entry], base: Path) -> None:
         write_assignment(path, assignment)
 
 
+def _folder_stats(folder: Path) -> tuple[int, int]:
+    stats = [p.stat() for p in series_files(folder)]
+    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
 def _stats(entries: list[Entry], bad: dict[str, str]) -> dict[str, tuple[int, int]]:
     out = {}
     for e in entries:
         try:
+            if e.path.is_dir():  # a DICOM series: its files' total size and newest change
+                out[e.source] = _folder_stats(e.path)
+                continue
             st = os.stat(e.path)
         except OSError as exc:
             bad[e.source] = f"cannot be read ({exc.strerror})"
@@ -253,12 +262,9 @@ def prepare(own: OwnData, size: int, data_dir: str | Path, limits: DecodeLimits 
                 if r["error"]:
                     bad[e.source] = r["error"]
         if bad:
-            bad_file = partial / "bad_files.csv"
-            with open(bad_file, "w", newline="") as fh:
-                csv.writer(fh).writerows([("path", "reason"), *sorted(bad.items())])
-            if own.on_bad_file == "error":
-                raise DataError(_bad_message(own, bad, bad_file))
-            log.warning("%s: skipping %d bad file(s), listed in %s", own.name, len(bad), bad_file)
+            write_csv(partial / "bad_files.csv", [["path", "reason"], *map(list, sorted(bad.items()))])
+            if own.on_bad_file == "error":  # the partial folder stays (a rerun resumes it), and so does the list
+                raise DataError(_bad_message(own, bad, partial / "bad_files.csv"))
         good = {s: [e for e, r in zip(es, records[s]) if not r["error"]] for s, es in by_split.items()}
         for role, split in ROLE_SPLIT.items():
             if not good.get(split):
@@ -288,12 +294,9 @@ def prepare(own: OwnData, size: int, data_dir: str | Path, limits: DecodeLimits 
             state,
             listing.extra_columns,
         )
+        if bad:  # the list moved with the partial folder into its final place
+            log.warning("%s: skipped %d bad file(s), listed in %s", own.name, len(bad), folder / "bad_files.csv")
         return folder, state
-
-
-def _read_columns(path: Path, names: tuple[str, ...]) -> list[tuple[str, ...]]:
-    with open(path, newline="") as fh:
-        return [tuple(row[n] for n in names) for row in csv.DictReader(fh)]
 
 
 def open_own_splits(
@@ -314,7 +317,7 @@ def open_own_splits(
             raise DataError(f"{own.name} has no {split} split (it has {sorted(state['counts'])})")
         loaded = load_split(folder, own.name, size, split)
         metadata = folder / f"{split}_metadata.csv"
-        rows = _read_columns(metadata, ("source", "group"))
+        rows = read_metadata(metadata, ("source", "group"))
         provenance = Provenance(
             content_key=state["content_key"],
             metadata=metadata,

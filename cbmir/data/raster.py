@@ -8,6 +8,7 @@ their own min-max. ``Image.open`` reads only the header, so ``im.size`` is compa
 
 from __future__ import annotations
 
+import re
 import warnings
 from io import BytesIO
 
@@ -58,9 +59,12 @@ def read_pillow(
                 arr, mode = _to_array(im)
     except BadFile:
         raise
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (2 × Image.MAX_IMAGE_PIXELS) came first
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} px" if claimed else "more pixels than Pillow decodes"
         raise BadFile(
-            f"{name} claims more pixels than Pillow will decode ({reason(exc)}): refused before decoding"
+            f"{name} claims {size}, over decode.max_pixels={limits.max_pixels} and Pillow's decompression-bomb "
+            f"limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} px: refused before decoding"
         ) from None
     except MemoryError:
         raise BadFile(f"{name} is too large to decode in this process's memory") from None
@@ -68,7 +72,7 @@ def read_pillow(
         text = reason(exc)
         if "cannot identify image file" in text:
             raise BadFile("not a readable image (no PNG, JPEG, TIFF or BMP header)") from None
-        if "truncated" in text or "broken data stream" in text:
+        if "truncated" in text.lower() or "broken data stream" in text:
             raise BadFile(f"a truncated or damaged image ({text})") from None
         raise BadFile(f"not a readable image ({text})") from None
     if mode in ("LA", "RGBA"):

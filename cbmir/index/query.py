@@ -1,6 +1,7 @@
 """Command line: ``python -m cbmir.query DIR image [image|folder …]``: the most similar cases of an index.
 
-Each image (PNG, JPEG, TIFF, BMP, DICOM, NIfTI; a folder stands for the supported files in it) is
+Each image (PNG, JPEG, TIFF, BMP, DICOM, NIfTI; a folder of one DICOM series is one volume; another folder
+stands for the supported files in it) is
 decoded, embedded with the index's own model and searched (:class:`cbmir.index.retrieve.Retriever`).
 Prints a table per query (rank, distance, label, source) and the majority-vote label with its
 share, or ``--json``; ``--gallery out.png`` draws the queries with their neighbours.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbmir.data.decode import BadFile, file_format
+from cbmir.data.decode import BadFile, file_format, is_series_folder
 from cbmir.errors import CbmirError
 from cbmir.index.retrieve import Answer, Retriever, parse_where
 
@@ -24,10 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder becomes its supported image files (sorted, not recursive)."""
+    """Files as given; a folder of one DICOM series is one query (a volume); another folder becomes its supported
+    image files (sorted, not recursive)."""
     out = []
     for path in paths:
-        if path.is_dir():
+        if is_series_folder(path):
+            out.append(path)
+        elif path.is_dir():
             out += sorted(p for p in path.iterdir() if p.is_file() and file_format(p) is not None)
         else:
             out.append(path)
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     answers, failed = [], 0
     for path in files:
         try:
-            answers.append(retriever.query(str(path), path.read_bytes(), args.k, where))
+            answers.append(retriever.query(str(path), None if path.is_dir() else path.read_bytes(), args.k, where))
         except (BadFile, OSError, CbmirError) as exc:
             failed += 1
             print(f"cbmir: error: {path}: {exc}", file=sys.stderr)

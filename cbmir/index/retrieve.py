@@ -180,13 +180,15 @@ class QueryEmbedder:
                 "preprocessing changed since the build; rebuild the index"
             )
 
-    def pixels(self, name: str, data: bytes, *, limits: DecodeLimits | None = None) -> np.ndarray:
+    def pixels(self, name: str, data: bytes | None, *, limits: DecodeLimits | None = None) -> np.ndarray:
         """A file's bytes → one item as the index stores them (``(s, s[, 3])`` image, or volume at the cell's side).
 
+        ``data=None``: ``name`` is a local folder holding one DICOM series (``cbmir query IDX SERIES_FOLDER``).
         ``limits`` caps what the file's header may claim (the server passes its own, smaller ones).
         """
-        name = upload_name(name, data)
-        if file_format(name) == "nifti":  # nibabel reads from a path
+        if data is None:
+            pixels = decode(name, None, self.spec, limits=limits).pixels
+        elif file_format(name := upload_name(name, data)) == "nifti":  # nibabel reads from a path
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / name
                 path.write_bytes(data)
@@ -282,7 +284,7 @@ class Retriever:
     def query(
         self,
         name: str,
-        data: bytes,
+        data: bytes | None,
         k: int = 5,
         where: Mapping[str, Sequence[str]] | None = None,
         *,

@@ -172,7 +172,9 @@ def test_nifti_axial_slices_in_canonical_orientation(tmp_path, suffix):
     np.testing.assert_array_equal(read_nifti(path).pixels, expected)
     np.testing.assert_array_equal(read_nifti(same).pixels, expected)
     assert got.pixels.shape == (10, 10, 10)
-    with pytest.raises(BadFile, match="NIfTI volume where 2D images are expected: this dataset or index holds 2D images only"):
+    with pytest.raises(
+        BadFile, match="NIfTI volume where 2D images are expected: this dataset or index holds 2D images only"
+    ):
         decode(path, b"", DecodeSpec(size=10))
 
 

@@ -144,7 +144,9 @@ def test_interrupted_ingestion_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "decode_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
         open_split(folder_cfg(root), 28, tmp_path / "data", "train")
-    monkeypatch.setattr(ingest, "decode_chunk", lambda paths, spec, limits: calls.append(len(paths)) or real(paths, spec, limits))
+    monkeypatch.setattr(
+        ingest, "decode_chunk", lambda paths, spec, limits: calls.append(len(paths)) or real(paths, spec, limits)
+    )
     calls.clear()
     resumed = open_split(folder_cfg(root), 28, tmp_path / "data", "train")
     assert sum(calls) == 24 - 9  # the three finished chunks were not decoded again
@@ -180,7 +182,7 @@ def test_bad_files_are_all_listed_before_any_extraction(tmp_path):
     msg = str(err.value)
     assert "3 bad file(s)" in msg and "on_bad_file=skip" in msg
     assert "benign/be0/notes.txt: not a supported image" in msg
-    assert "benign/be1/1.png: not a readable image" in msg
+    assert "benign/be1/1.png: a truncated or damaged image" in msg
     assert "empty_class/: an empty class folder" in msg
 
 
@@ -212,7 +214,7 @@ def test_manifest_bad_rows(tmp_path):
     assert "missing.png (row 15): the file does not exist" in msg
     assert "../outside.png (row 16): a path that leaves the manifest's folder" in msg
     assert f"{outside} (row 17): an absolute path (set dataset.allow_absolute=true" in msg
-    assert "benign/be0/0.png (row 14): listed twice (first in row 2)" in msg
+    assert "benign/be0/0.png (row 14): the same file as row 2 (benign/be0/0.png): listed twice" in msg
     assert "label(s) ['lynx'] have no image in the database" in msg
     train = open_split(
         manifest_cfg(folder / "m.csv", allow_absolute=True, on_bad_file="skip"), 28, tmp_path / "d2", "test"

@@ -92,3 +92,43 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(volume, np.eye(4) if affine is None else affine), str(path))
     return path
+
+
+def write_series(
+    folder: Path,
+    stored: np.ndarray,
+    *,
+    spacing: tuple[float, float, float] = (2.5, 0.8, 0.6),
+    origin: tuple[float, float, float] = (-100.0, -120.0, 30.0),
+    seed: int | None = 0,
+    series_uid: str | None = None,
+) -> list[Path]:
+    """``stored`` ``(slices, rows, columns)`` as one axial CT series, a file per slice, in shuffled file names.
+
+    Standard axial geometry (ImageOrientationPatient ``[1, 0, 0, 0, 1, 0]``): slice ``k`` lies at
+    ``origin + (0, 0, k × spacing[0])`` in DICOM's LPS millimetres; rows are ``spacing[1]`` apart, columns
+    ``spacing[2]``.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = series_uid or generate_uid()
+    order = np.random.default_rng(seed).permutation(len(stored)) if seed is not None else np.arange(len(stored))
+    paths = []
+    for k, plane in enumerate(stored):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", uid, k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[0]]
+        ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[2]], spacing[0]
+        ds.set_pixel_data(np.ascontiguousarray(plane), photometric_interpretation="MONOCHROME2", bits_stored=12)
+        path = folder / f"IM{int(order[k]):04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
