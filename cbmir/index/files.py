@@ -278,10 +278,11 @@ def _check_shapes(folder: Path, manifest: dict, arrays: dict[str, Any], faiss_in
     emb, labels, thumbs = arrays[EMBEDDINGS], arrays[LABELS], arrays[THUMBS]
     if faiss_index.d != dim or emb.shape[1:] != (dim,):
         wrong.append(f"width {faiss_index.d}/{emb.shape[1:]}, the manifest says {dim}")
-    expected = {EMBEDDINGS: np.float32, LABELS: np.integer, THUMBS: np.uint8, IMAGES: np.uint8}
-    for name, kind in expected.items():
+    expected = {EMBEDDINGS: (np.float32, "float32"), LABELS: (np.integer, "integer"), THUMBS: (np.uint8, "uint8")}
+    expected[IMAGES] = (np.uint8, "uint8")
+    for name, (kind, text) in expected.items():
         if name in arrays and not np.issubdtype(arrays[name].dtype, kind):
-            wrong.append(f"{name}: dtype {arrays[name].dtype}, expected {np.dtype(kind).name}")
+            wrong.append(f"{name}: dtype {arrays[name].dtype}, expected {text}")
     if labels.ndim != 2 or thumbs.ndim != 4 or thumbs.shape[-1] != 3:
         wrong.append(f"labels {labels.shape} / thumbnails {thumbs.shape}: not (N, L) / (N, t, t, 3)")
     if wrong:
