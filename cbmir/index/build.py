@@ -26,7 +26,7 @@ from cbmir.errors import CbmirError, ConfigError
 from cbmir.index.generations import adopt_legacy, writing
 from cbmir.index.phi import describe, scan_headers
 from cbmir.index.privacy import MODES, Privacy, privacy_for_build
-from cbmir.index.writer import Content, Rows, synthetic_probe, thumbnailer, write_generation
+from cbmir.index.writer import Content, Rows, item_row, synthetic_probe, thumbnailer, write_generation
 from cbmir.layout import CONF_DIR, cell_dir, dataset_id, label, model_id, protocol_id, versions
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,6 @@ def _source_files(origin) -> list[str]:
     if origin is None:
         return []
     return [s if Path(s).is_absolute() else str(Path(origin.root) / s) for s in origin.sources]
-
-
-def item_row(
-    split: str, position: int, source: str, labels: np.ndarray, class_names, group: str, privacy: Privacy, withheld: str
-) -> dict[str, Any]:
-    """One ``items.csv`` row; source and group as the index's privacy says (build and add share this)."""
-    from cbmir.report.gallery import class_text
-
-    labels = np.asarray(labels).reshape(-1)
-    return {
-        "split": split,
-        "position": position,
-        "source": privacy.source(source),
-        "label": ";".join(str(int(v)) for v in (labels if len(labels) == 1 else np.flatnonzero(labels))),
-        "label_name": class_text(labels, class_names),
-        "group": privacy.group(group),
-        "withheld": withheld,
-    }
 
 
 def _items(cfg: DictConfig, splits: dict, class_names, privacy: Privacy, withheld: dict[str, str]) -> list[dict]:

@@ -27,7 +27,7 @@ from cbmir.index.files import IndexFolder, open_index
 from cbmir.index.generations import adopt_legacy, writing
 from cbmir.index.phi import describe, scan_headers
 from cbmir.index.privacy import Privacy, privacy_of
-from cbmir.index.writer import Content, Rows, synthetic_probe, thumbnailer, write_generation
+from cbmir.index.writer import Content, Rows, item_row, synthetic_probe, thumbnailer, write_generation
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,6 @@ def add_items(
 ) -> dict[str, Any]:
     """Embed the new items among ``paths`` into a new generation; returns what was done (``embedded`` counted)."""
     from cbmir.data import ROLE_SPLIT
-    from cbmir.index.build import item_row
     from cbmir.index.retrieve import QueryEmbedder
 
     root = Path(folder).expanduser().resolve()

@@ -17,6 +17,7 @@ import numpy as np
 
 from cbmir.index.files import EMBEDDINGS, FAISS_FILE, IMAGES, ITEMS, LABELS, PROBE, THUMBS, seal, write_items
 from cbmir.index.generations import commit, next_partial
+from cbmir.index.privacy import Privacy
 from cbmir.safety import faults
 
 CHUNK = 1024
@@ -83,6 +84,24 @@ def thumbnailer(side: int, volume: bool) -> Callable[[np.ndarray], np.ndarray]:
         return tiles.reshape(side, side, b, 3).transpose(2, 0, 1, 3)
 
     return transform
+
+
+def item_row(
+    split: str, position: int, source: str, labels: np.ndarray, class_names, group: str, privacy: Privacy, withheld: str
+) -> dict[str, Any]:
+    """One ``items.csv`` row; source and group as the index's privacy says (build and add share this)."""
+    from cbmir.report.gallery import class_text
+
+    labels = np.asarray(labels).reshape(-1)
+    return {
+        "split": split,
+        "position": position,
+        "source": privacy.source(source),
+        "label": ";".join(str(int(v)) for v in (labels if len(labels) == 1 else np.flatnonzero(labels))),
+        "label_name": class_text(labels, class_names),
+        "group": privacy.group(group),
+        "withheld": withheld,
+    }
 
 
 def synthetic_probe(shape: tuple[int, ...]) -> np.ndarray:
