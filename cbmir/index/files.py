@@ -41,6 +41,7 @@ ITEMS = "items.csv"
 THUMBS = "thumbs.npy"
 IMAGES = "images.npy"
 PROBE = "probe.npy"
+IDS = "ids.npy"  # an approximate index's FAISS ids, one per row, ascending
 ITEM_COLUMNS = ("row", "split", "position", "source", "label", "label_name", "group", "withheld")
 REQUIRED = (FAISS_FILE, EMBEDDINGS, LABELS, ITEMS, THUMBS, PROBE)
 #: Columns whose values come from users (file and folder names, manifest columns, class names).
@@ -250,6 +251,7 @@ class IndexFolder:
     images: RowFile | None  # the items' pixels; None when the build left them out
     probe: np.ndarray  # pixels that the model must embed to ``probe_vector``
     root: Path | None = None  # the index folder holding the generations (None: an old single-folder index)
+    ids: np.ndarray | None = None  # FAISS ids of the rows (approximate indexes); None: the ids are the rows
 
     def __len__(self) -> int:
         return len(self.items)
@@ -301,6 +303,11 @@ def open_index(folder: str | Path, *, check: bool = True) -> IndexFolder:
     if IMAGES in manifest["files"]:
         arrays[IMAGES] = RowFile(generation / IMAGES)
     items = read_items(generation / ITEMS)
+    ids = load_array(generation / IDS) if IDS in manifest["files"] else None
+    if ids is not None:
+        if ids.shape != (len(items),) or not np.issubdtype(ids.dtype, np.integer) or np.any(np.diff(ids) <= 0):
+            raise BrokenIndexError(f"index {generation}: {IDS} is not one ascending id per item")
+        arrays[IDS] = ids
     _check_shapes(generation, manifest, arrays, faiss_index, items)
     return IndexFolder(
         generation,
@@ -313,4 +320,5 @@ def open_index(folder: str | Path, *, check: bool = True) -> IndexFolder:
         arrays.get(IMAGES),
         load_array(generation / PROBE),
         root if generation != root else None,
+        ids,
     )

@@ -121,7 +121,8 @@ class Content:
     probe: np.ndarray
     manifest: dict[str, Any]
     faiss_index: Callable[[np.ndarray], Any]  # embeddings (memory-mapped) → the FAISS index to write
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # more arrays by file name (an IVF index's ids)
+    describe: Callable[[Any, np.ndarray], dict] | None = None  # (FAISS index, embeddings) → manifest entries
 
 
 def write_generation(root: Path, content: Content, keep: int) -> Path:
@@ -138,9 +139,13 @@ def write_generation(root: Path, content: Content, keep: int) -> Path:
     if content.images is not None:
         copy_rows(partial / IMAGES, content.images, np.uint8)
     np.save(partial / PROBE, content.probe)
+    for name, array in content.extra.items():
+        np.save(partial / name, array)
     embeddings = np.load(partial / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-    faiss.write_index(content.faiss_index(embeddings), str(partial / FAISS_FILE))
+    index = content.faiss_index(embeddings)
+    faiss.write_index(index, str(partial / FAISS_FILE))
+    described = content.describe(index, np.asarray(embeddings)) if content.describe else {}
     del embeddings
-    manifest = {**content.manifest, "n_items": len(rows), "probe_row": None}
+    manifest = {**content.manifest, **described, "n_items": len(rows), "probe_row": None}
     seal(partial, manifest)
     return commit(root, partial, keep)
