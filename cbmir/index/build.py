@@ -23,10 +23,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cbmir.errors import CbmirError, ConfigError
+from cbmir.index.approx import IDS, check_factory
 from cbmir.index.generations import adopt_legacy, writing
 from cbmir.index.phi import describe, scan_headers
 from cbmir.index.privacy import MODES, Privacy, privacy_for_build
-from cbmir.index.writer import Content, Rows, synthetic_probe, thumbnailer, write_generation
+from cbmir.index.writer import Content, Rows, item_row, synthetic_probe, thumbnailer, write_generation
 from cbmir.layout import CONF_DIR, cell_dir, dataset_id, label, model_id, protocol_id, versions
 
 log = logging.getLogger(__name__)
@@ -68,24 +69,6 @@ def _source_files(origin) -> list[str]:
     return [s if Path(s).is_absolute() else str(Path(origin.root) / s) for s in origin.sources]
 
 
-def item_row(
-    split: str, position: int, source: str, labels: np.ndarray, class_names, group: str, privacy: Privacy, withheld: str
-) -> dict[str, Any]:
-    """One ``items.csv`` row; source and group as the index's privacy says (build and add share this)."""
-    from cbmir.report.gallery import class_text
-
-    labels = np.asarray(labels).reshape(-1)
-    return {
-        "split": split,
-        "position": position,
-        "source": privacy.source(source),
-        "label": ";".join(str(int(v)) for v in (labels if len(labels) == 1 else np.flatnonzero(labels))),
-        "label_name": class_text(labels, class_names),
-        "group": privacy.group(group),
-        "withheld": withheld,
-    }
-
-
 def _items(cfg: DictConfig, splits: dict, class_names, privacy: Privacy, withheld: dict[str, str]) -> list[dict]:
     from cbmir.data import ROLE_SPLIT, file_name
 
@@ -116,8 +99,25 @@ def check_index_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"index.keep_generations must be an integer >= 1, got {i.keep_generations!r}")
     if not isinstance(i.allow_burned_in, bool):
         raise ConfigError(f"index.allow_burned_in must be true or false, got {i.allow_burned_in!r}")
+    check_factory(i.faiss, i.nprobe)
     if i.privacy not in MODES:
         raise ConfigError(f"index.privacy must be one of {list(MODES)}, got {i.privacy!r}")
+
+
+def _approximate(content: Content, factory: str, nprobe: int, seed: int) -> None:
+    """An inverted-file index in place of the exact one: trained, ids 0..N-1, recall and quantiser recorded."""
+    from cbmir.index import approx
+
+    metric = content.manifest["metric"]
+    n = len(content.items)
+    content.faiss_index = lambda vectors: approx.train(np.asarray(vectors), metric, factory, nprobe, seed)
+    content.extra[IDS] = np.arange(n, dtype=np.int64)
+
+    def describe(index, vectors) -> dict:
+        block = approx.record(index, vectors, content.extra[IDS], metric, None)
+        return {"approximate": {**block, "factory": factory}}
+
+    content.describe = describe
 
 
 def build_index(cfg: DictConfig) -> Path:
@@ -209,7 +209,9 @@ def build_index(cfg: DictConfig) -> Path:
             "allow_burned_in": bool(cfg.index.allow_burned_in),
             "images": bool(cfg.index.images),
         },
-        "faiss": {"index": "IndexFlatL2" if cfg.protocol.metric == "l2" else "IndexFlatIP (unit vectors)"},
+        "faiss": {"index": "IndexFlatL2" if cfg.protocol.metric == "l2" else "IndexFlatIP (unit vectors)"}
+        if cfg.index.faiss == "Flat"
+        else {"index": str(cfg.index.faiss), "nprobe": int(cfg.index.nprobe)},
         "evaluation": {
             "result": str((cell_dir(cfg) / "result.json").resolve()),
             "k": result["k"],
@@ -235,6 +237,8 @@ def build_index(cfg: DictConfig) -> Path:
         manifest={**manifest, "history": [{"change": "build", "at": manifest["created"], "items": len(items)}]},
         faiss_index=lambda vectors: flat_index(np.asarray(vectors), cfg.protocol.metric),
     )
+    if cfg.index.faiss != "Flat":
+        _approximate(content, str(cfg.index.faiss), int(cfg.index.nprobe), int(cfg.seed))
     with writing(target):
         adopt_legacy(target)
         folder = write_generation(target, content, int(cfg.index.keep_generations))

@@ -23,11 +23,12 @@ import numpy as np
 
 from cbmir.data.entries import Entry, inside
 from cbmir.errors import ConfigError, DataError
+from cbmir.index import approx
 from cbmir.index.files import IndexFolder, open_index
 from cbmir.index.generations import adopt_legacy, writing
 from cbmir.index.phi import describe, scan_headers
 from cbmir.index.privacy import Privacy, privacy_of
-from cbmir.index.writer import Content, Rows, synthetic_probe, thumbnailer, write_generation
+from cbmir.index.writer import Content, Rows, item_row, synthetic_probe, thumbnailer, write_generation
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,19 @@ def _probe(index: IndexFolder, embedder=None) -> tuple[np.ndarray, dict]:
     return probe, {"probe_embedding": embedder.embed(probe[None])[0].tolist()}
 
 
+def _approximate(content: Content, index: IndexFolder, ids: np.ndarray, edit) -> None:
+    """An inverted-file index edited through FAISS's ids; recall and drift re-measured against the build's."""
+    previous = index.manifest["approximate"]
+    content.faiss_index = edit
+    content.extra[approx.IDS] = ids
+
+    def describe(faiss_index, vectors) -> dict:
+        block = approx.record(faiss_index, vectors, ids, index.manifest["metric"], previous["at_build"])
+        return {"approximate": {**block, "factory": previous["factory"]}}
+
+    content.describe = describe
+
+
 def _flat(metric: str):
     from cbmir.search.exact import flat_index
 
@@ -193,7 +207,6 @@ def add_items(
 ) -> dict[str, Any]:
     """Embed the new items among ``paths`` into a new generation; returns what was done (``embedded`` counted)."""
     from cbmir.data import ROLE_SPLIT
-    from cbmir.index.build import item_row
     from cbmir.index.retrieve import QueryEmbedder
 
     root = Path(folder).expanduser().resolve()
@@ -243,6 +256,10 @@ def add_items(
             manifest={**manifest, **probe_record},
             faiss_index=_flat(m["metric"]),
         )
+        if index.ids is not None:
+            new_ids = index.ids[-1] + 1 + np.arange(len(new), dtype=np.int64)
+            _approximate(content, index, np.concatenate([index.ids, new_ids]),
+                         lambda _: approx.added(index.faiss_index, vectors, new_ids, m["metric"]))  # fmt: skip
         keep = keep or int((m.get("settings") or {}).get("keep_generations", 2))
         generation = write_generation(root, content, keep)
     skipped = len(entries) - len(new)
@@ -307,6 +324,8 @@ def remove_items(
             manifest={**_updated(m, items, change), **probe_record},
             faiss_index=_flat(m["metric"]),
         )
+        if index.ids is not None:
+            _approximate(content, index, index.ids[kept], lambda _: approx.removed(index.faiss_index, index.ids[mask]))
         generation = write_generation(root, content, keep or 1)
     summary = f"{int(mask.sum())} removed"
     log.info("%s", summary)

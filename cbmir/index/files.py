@@ -41,6 +41,7 @@ ITEMS = "items.csv"
 THUMBS = "thumbs.npy"
 IMAGES = "images.npy"
 PROBE = "probe.npy"
+IDS = "ids.npy"  # an approximate index's FAISS ids, one per row, ascending
 ITEM_COLUMNS = ("row", "split", "position", "source", "label", "label_name", "group", "withheld")
 REQUIRED = (FAISS_FILE, EMBEDDINGS, LABELS, ITEMS, THUMBS, PROBE)
 #: Columns whose values come from users (file and folder names, manifest columns, class names).
@@ -250,6 +251,7 @@ class IndexFolder:
     images: RowFile | None  # the items' pixels; None when the build left them out
     probe: np.ndarray  # pixels that the model must embed to ``probe_vector``
     root: Path | None = None  # the index folder holding the generations (None: an old single-folder index)
+    ids: np.ndarray | None = None  # FAISS ids of the rows (approximate indexes); None: the ids are the rows
 
     def __len__(self) -> int:
         return len(self.items)
@@ -278,10 +280,11 @@ def _check_shapes(folder: Path, manifest: dict, arrays: dict[str, Any], faiss_in
     emb, labels, thumbs = arrays[EMBEDDINGS], arrays[LABELS], arrays[THUMBS]
     if faiss_index.d != dim or emb.shape[1:] != (dim,):
         wrong.append(f"width {faiss_index.d}/{emb.shape[1:]}, the manifest says {dim}")
-    expected = {EMBEDDINGS: np.float32, LABELS: np.integer, THUMBS: np.uint8, IMAGES: np.uint8}
-    for name, kind in expected.items():
+    expected = {EMBEDDINGS: (np.float32, "float32"), LABELS: (np.integer, "integer"), THUMBS: (np.uint8, "uint8")}
+    expected[IMAGES] = (np.uint8, "uint8")
+    for name, (kind, text) in expected.items():
         if name in arrays and not np.issubdtype(arrays[name].dtype, kind):
-            wrong.append(f"{name}: dtype {arrays[name].dtype}, expected {np.dtype(kind).name}")
+            wrong.append(f"{name}: dtype {arrays[name].dtype}, expected {text}")
     if labels.ndim != 2 or thumbs.ndim != 4 or thumbs.shape[-1] != 3:
         wrong.append(f"labels {labels.shape} / thumbnails {thumbs.shape}: not (N, L) / (N, t, t, 3)")
     if wrong:
@@ -300,6 +303,11 @@ def open_index(folder: str | Path, *, check: bool = True) -> IndexFolder:
     if IMAGES in manifest["files"]:
         arrays[IMAGES] = RowFile(generation / IMAGES)
     items = read_items(generation / ITEMS)
+    ids = load_array(generation / IDS) if IDS in manifest["files"] else None
+    if ids is not None:
+        if ids.shape != (len(items),) or not np.issubdtype(ids.dtype, np.integer) or np.any(np.diff(ids) <= 0):
+            raise BrokenIndexError(f"index {generation}: {IDS} is not one ascending id per item")
+        arrays[IDS] = ids
     _check_shapes(generation, manifest, arrays, faiss_index, items)
     return IndexFolder(
         generation,
@@ -312,4 +320,5 @@ def open_index(folder: str | Path, *, check: bool = True) -> IndexFolder:
         arrays.get(IMAGES),
         load_array(generation / PROBE),
         root if generation != root else None,
+        ids,
     )

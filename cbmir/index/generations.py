@@ -74,11 +74,26 @@ def generations(root: Path) -> list[str]:
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and NAME.match(p.name))
 
 
+def clear_leftovers(root: Path) -> list[str]:
+    """Remove what crashed writers left: ``.partial`` folders and finished generations never switched to."""
+    current = current_name(root) or ""
+    removed = []
+    for path in Path(root).iterdir():
+        name = path.name
+        stale = name.endswith(PARTIAL) and re.match(r"^g\d{6}", name)
+        unswitched = NAME.match(name) and name > current
+        if path.is_dir() and (stale or unswitched):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def next_partial(root: Path) -> Path:
     """An empty ``gNNNNNN.partial`` folder numbered after every generation and leftover in ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group(1)) for p in root.iterdir() if (m := re.match(r"^g(\d{6})", p.name))]
+    clear_leftovers(root)  # numbers are never reused, not even a dead writer's
     partial = root / f"g{max(numbers, default=0) + 1:06d}{PARTIAL}"
     partial.mkdir()
     return partial
@@ -101,14 +116,7 @@ def prune(root: Path, keep: int) -> list[str]:
     current = current_name(root)
     if current is None:
         return []
-    removed = []
-    for path in root.iterdir():
-        name = path.name
-        stale = name.endswith(PARTIAL) and re.match(r"^g\d{6}", name)
-        unswitched = NAME.match(name) and name > current
-        if path.is_dir() and (stale or unswitched):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(name)
+    removed = clear_leftovers(root)
     older = [g for g in generations(root) if g <= current]
     for name in older[: max(0, len(older) - max(1, keep))]:
         shutil.rmtree(root / name, ignore_errors=True)

@@ -274,11 +274,21 @@ class Retriever:
         q = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.manifest["metric"] == "cosine":
             q = l2_normalize(q)
+        if allowed is not None and self.index.ids is not None:
+            # an inverted file may probe none of the allowed items' lists: an exact masked search instead
+            from cbmir.search.exact import search
+
+            distances, found = search(np.asarray(self.index.embeddings[allowed]), q, k, self.manifest["metric"])
+            return distances, allowed[found]
         if allowed is None:
             distances, rows = self.index.faiss_index.search(q, k)
         else:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             distances, rows = self.index.faiss_index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        if self.index.ids is not None:
+            from cbmir.index.approx import rows_of
+
+            return distances, rows_of(rows, self.index.ids)
         return distances, rows.astype(np.int64)
 
     def query(

@@ -17,6 +17,7 @@ import numpy as np
 
 from cbmir.index.files import EMBEDDINGS, FAISS_FILE, IMAGES, ITEMS, LABELS, PROBE, THUMBS, seal, write_items
 from cbmir.index.generations import commit, next_partial
+from cbmir.index.privacy import Privacy
 from cbmir.safety import faults
 
 CHUNK = 1024
@@ -85,6 +86,24 @@ def thumbnailer(side: int, volume: bool) -> Callable[[np.ndarray], np.ndarray]:
     return transform
 
 
+def item_row(
+    split: str, position: int, source: str, labels: np.ndarray, class_names, group: str, privacy: Privacy, withheld: str
+) -> dict[str, Any]:
+    """One ``items.csv`` row; source and group as the index's privacy says (build and add share this)."""
+    from cbmir.report.gallery import class_text
+
+    labels = np.asarray(labels).reshape(-1)
+    return {
+        "split": split,
+        "position": position,
+        "source": privacy.source(source),
+        "label": ";".join(str(int(v)) for v in (labels if len(labels) == 1 else np.flatnonzero(labels))),
+        "label_name": class_text(labels, class_names),
+        "group": privacy.group(group),
+        "withheld": withheld,
+    }
+
+
 def synthetic_probe(shape: tuple[int, ...]) -> np.ndarray:
     """Seeded noise shaped as an item: what a reopened model must embed to the stored probe vector."""
     return np.random.default_rng(PROBE_SEED).integers(0, 256, size=shape, dtype=np.uint8)
@@ -102,7 +121,8 @@ class Content:
     probe: np.ndarray
     manifest: dict[str, Any]
     faiss_index: Callable[[np.ndarray], Any]  # embeddings (memory-mapped) → the FAISS index to write
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # more arrays by file name (an IVF index's ids)
+    describe: Callable[[Any, np.ndarray], dict] | None = None  # (FAISS index, embeddings) → manifest entries
 
 
 def write_generation(root: Path, content: Content, keep: int) -> Path:
@@ -119,9 +139,13 @@ def write_generation(root: Path, content: Content, keep: int) -> Path:
     if content.images is not None:
         copy_rows(partial / IMAGES, content.images, np.uint8)
     np.save(partial / PROBE, content.probe)
+    for name, array in content.extra.items():
+        np.save(partial / name, array)
     embeddings = np.load(partial / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-    faiss.write_index(content.faiss_index(embeddings), str(partial / FAISS_FILE))
+    index = content.faiss_index(embeddings)
+    faiss.write_index(index, str(partial / FAISS_FILE))
+    described = content.describe(index, np.asarray(embeddings)) if content.describe else {}
     del embeddings
-    manifest = {**content.manifest, "n_items": len(rows), "probe_row": None}
+    manifest = {**content.manifest, **described, "n_items": len(rows), "probe_row": None}
     seal(partial, manifest)
     return commit(root, partial, keep)
