@@ -48,6 +48,8 @@ def grow(root: Path, n: int, seed: int = 0) -> None:
     manifest = read_manifest(gen)
     emb = np.load(gen / "embeddings.npy")
     n0, extra = len(emb), n - len(emb)
+    if extra <= 0:
+        return
     rng = np.random.default_rng(seed)
     synthetic = (rng.standard_normal((extra, emb.shape[1])) * emb.std(0) + emb.mean(0)).astype(np.float32)
     np.save(gen / "embeddings.npy", np.concatenate([emb, synthetic]))
@@ -71,6 +73,51 @@ def grow(root: Path, n: int, seed: int = 0) -> None:
     atomic_write_json(gen / "manifest.json", manifest)
 
 
+def storm(pid: int, url: str, tokens: list[str], normal: bytes, folder: Path) -> dict:
+    """20 hostile uploads at once (4 of each of issue 18's files, from several users) and 6 normal queries."""
+    import httpx
+
+    from tests.helpers import attack_files as a
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [
+        a.rle_dicom_claiming(folder / "rle_65535.dcm"),
+        a.deflated_dicom_of_zeros(folder / "deflated_8192.dcm"),
+        a.png_of_zeros(folder / "rgb_12000.png", 12000, 12000, rgb=True),
+        a.png_of_zeros(folder / "bomb_30000.png", 30000, 30000),
+        a.nifti_of_zeros(folder / "zeros_512.nii.gz"),
+    ] * 4
+    idle = status_mb(pid, "VmRSS")
+    with open(f"/proc/{pid}/clear_refs", "w") as fh:
+        fh.write("5")
+    statuses: list[int] = []
+    latency: list[float] = []
+
+    def attack(i: int) -> None:
+        headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
+        with httpx.Client(base_url=url, timeout=300, headers=headers) as c:
+            statuses.append(c.post("/api/query", files={"file": (files[i].name, files[i].read_bytes())}).status_code)
+
+    def calm() -> None:
+        with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {tokens[-1]}"}) as c:
+            for _ in range(6):
+                t0 = time.perf_counter()
+                assert c.post("/api/query", files={"file": ("q.png", normal)}).status_code == 200
+                latency.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=attack, args=(i,)) for i in range(len(files))]
+    threads.append(threading.Thread(target=calm))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "attack_statuses": sorted(statuses), "normal_latency_s": sorted(latency),
+        "normal_median_s": statistics.median(latency), "idle_rss_mb": idle, "peak_rss_mb": status_mb(pid, "VmHWM"),
+        "load": os.getloadavg(),
+    }  # fmt: skip
+
+
 def status_mb(pid: int, key: str) -> float:
     with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 1024
@@ -85,6 +132,7 @@ def main() -> None:
     p.add_argument("--model", default="resnet50")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--storm", action="store_true", help="then 20 hostile uploads at once (issue 18's files)")
     args = p.parse_args()
     import httpx
     from PIL import Image
@@ -92,7 +140,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     folder = build(args.out, args.model, args.size)
     grow(folder, args.items)
-    tokens = {f"user{i}": f"load-token-{i:02d}-{os.urandom(8).hex()}" for i in range(args.clients)}
+    tokens = {f"user{i}": f"load-token-{i:02d}-{os.urandom(8).hex()}" for i in range(max(args.clients, 4))}
     token_file = args.out / "tokens.txt"
     token_file.write_text("".join(f"{k}:{v}\n" for k, v in tokens.items()))
     token_file.chmod(0o600)
@@ -101,7 +149,8 @@ def main() -> None:
     Image.fromarray(data).save(query)
     body = query.read_bytes()
     command = [sys.executable, "-m", "cbmir.serve", str(folder), "--port", str(args.port), "--device", "cpu",
-               "--token-file", str(token_file), "--queue", str(args.clients), "--query-rate", "100000/minute",
+               "--token-file", str(token_file), "--queue", str(max(args.clients, 32)), "--user-queries", "8",
+               "--query-rate", "100000/minute",
                "--request-rate", "100000/minute", "--audit-log", str(args.out / "audit.jsonl")]  # fmt: skip
     server = subprocess.Popen(command, cwd=REPO, stdout=open(args.out / "server.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{args.port}"
@@ -136,22 +185,25 @@ def main() -> None:
                         results.append((r.status_code, took, search))
 
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(t,)) for t in tokens.values()]
+        threads = [threading.Thread(target=client, args=(t,)) for t in list(tokens.values())[: args.clients]]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
         ok = [r for r in results if r[0] == 200]
-        lat = sorted(r[1] for r in ok)
+        lat = sorted(r[1] for r in ok) or [float("nan")]
         report = {
             "items": args.items, "clients": args.clients, "queries": len(results),
             "errors": len(results) - len(ok), "statuses": sorted({r[0] for r in results}),
             "p50_s": statistics.median(lat), "p95_s": lat[int(0.95 * (len(lat) - 1))], "max_s": lat[-1],
-            "search_median_s": statistics.median(r[2] for r in ok), "throughput_qps": len(ok) / wall,
+            "search_median_s": statistics.median([r[2] for r in ok] or [float("nan")]),
+            "throughput_qps": len(ok) / wall,
             "server_start_s": start_s, "idle_rss_mb": idle, "peak_rss_mb": status_mb(server.pid, "VmHWM"),
             "load": os.getloadavg(), "cpus": os.cpu_count(),
         }  # fmt: skip
+        if args.storm:
+            report["storm"] = storm(server.pid, url, list(tokens.values()), body, args.out / "attacks")
         print(json.dumps(report, indent=1))
         (args.out / "load.json").write_text(json.dumps(report, indent=1))
     finally:
