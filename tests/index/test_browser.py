@@ -107,3 +107,24 @@ def test_upload_in_the_browser_shows_the_cases(server, tmp_path):
             browser.close()
     assert shot.stat().st_size < 300_000
     assert Image.open(shot).size == (1060, 560)
+
+
+def test_the_page_shows_the_open_access_banner_and_the_plain_paths_note(server):
+    from unittest import mock
+
+    from playwright.sync_api import sync_playwright
+
+    _, retriever = server
+    plain = {"privacy": {"mode": "plain", "key_id": None, "key_file": None}}
+    app = create_app(retriever, insecure_no_auth=True)
+    with mock.patch.dict(retriever.manifest, plain), running_server(app) as url:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=system_chromium(), args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(url + "/")
+                poll(page, "document.getElementById('index').textContent.includes('Model')")
+                assert page.is_visible("#insecure") and "no access control" in page.inner_text("#insecure")
+                assert page.is_visible("#plain") and "index.privacy=plain" in page.inner_text("#plain")
+            finally:
+                browser.close()

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from fastapi.routing import APIRoute
@@ -158,6 +159,8 @@ def test_the_page_says_when_access_is_open_and_when_paths_are_plain(retriever):
     assert open_info["access"] == "open" and open_info["privacy"] == "pseudonymous"  # the default of a build
     assert "key" not in json.dumps(open_info)  # no key file path is shown
     assert TestClient(create_app(retriever)).get("/api/info").json()["access"] == "loopback"
+    with mock.patch.dict(retriever.manifest, {"privacy": {"mode": "plain", "key_id": None, "key_file": None}}):
+        assert TestClient(create_app(retriever)).get("/api/info").json()["privacy"] == "plain"
 
 
 def test_audit_log_records_who_asked_what_and_never_the_token(retriever, tokens, tmp_path):

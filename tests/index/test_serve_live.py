@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import shutil
 import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -63,10 +65,29 @@ def test_a_running_server_switches_generation_without_a_restart(index_copy, capl
                 assert wait_for(lambda: any("generation g000002 not served" in r.message for r in caplog.records))
             assert client.get("/api/info").json()["generation"] == "g000001"
             assert client.get("/api/thumb/3").status_code == 200
-            # a complete one (here: a copy of the first, 'gen 3') is swapped in while the server runs
+            # a complete one (here: a copy of the first, 'gen 3') is swapped in while the server runs; a query in
+            # flight on g000001 at the switch finishes there
+            old = live.current.retriever
+            entered, release = threading.Event(), threading.Event()
+            original = old.query
+
+            def held_query(*args, **kwargs):
+                entered.set()
+                release.wait(30)
+                return original(*args, **kwargs)
+
+            old.query = held_query
+            in_flight = ThreadPoolExecutor(1).submit(
+                client.post, "/api/query", files={"file": ("q.png", png_bytes(old.index.images[9]))}
+            )
+            assert entered.wait(30)
             shutil.copytree(index_copy / "g000001", index_copy / "g000003")
             (index_copy / POINTER).write_text("g000003\n")
             assert wait_for(lambda: client.get("/api/info").json()["generation"] == "g000003")
+            assert live.current.retriever is not old
+            release.set()
+            answer = in_flight.result(timeout=60)
+            assert answer.status_code == 200 and answer.json()["neighbours"][0]["row"] == 9
             body = png_bytes(live.current.index.images[5])
             answer = client.post("/api/query", files={"file": ("q.png", body)})
             assert answer.status_code == 200 and answer.json()["neighbours"][0]["row"] == 5
