@@ -1,4 +1,4 @@
-"""Command line: ``python -m cbmir.index build [overrides]`` writes a search index; ``info DIR`` prints its manifest.
+"""Command line: ``cbmir index build [overrides] | add DIR PATH… | remove DIR … | info DIR``: a search index.
 
 Building runs the cell exactly as ``python -m cbmir.run`` does (:func:`cbmir.cell.run.run_cell`: the same
 backbone, device-side preprocessing, embedding cache and evaluation), then keeps what the evaluation
@@ -6,6 +6,7 @@ throws away: the embeddings of the chosen splits, an exact FAISS index over them
 metadata, thumbnails and the items' pixels (:mod:`cbmir.index.files`). The config is composed with
 Hydra's compose API from ``conf/index.yaml`` (the run's ``config.yaml`` plus an ``index`` block), so
 every override of a run works here unchanged and a build starts no Hydra run folder or logging setup.
+Each build, add and remove writes a new generation of the index folder (:mod:`cbmir.index.generations`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,24 +23,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cbmir.errors import CbmirError, ConfigError
-from cbmir.index.files import (
-    EMBEDDINGS,
-    FAISS_FILE,
-    IMAGES,
-    ITEMS,
-    LABELS,
-    PROBE,
-    THUMBS,
-    finish,
-    read_manifest,
-    write_items,
-)
+from cbmir.index.approx import IDS, check_factory
+from cbmir.index.generations import adopt_legacy, writing
+from cbmir.index.phi import describe, scan_headers
+from cbmir.index.privacy import MODES, Privacy, privacy_for_build
+from cbmir.index.writer import Content, Rows, item_row, synthetic_probe, thumbnailer, write_generation
 from cbmir.layout import CONF_DIR, cell_dir, dataset_id, label, model_id, protocol_id, versions
 
 log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = {"database": ("database",), "all": ("database", "query")}
-CHUNK = 1024
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -70,79 +62,75 @@ def _evaluated_cell(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _copy_rows(target: Path, sources: list[np.ndarray], dtype) -> np.ndarray:
-    """Concatenate memory-mapped arrays into one ``.npy`` in bounded memory."""
-    shape = (sum(len(s) for s in sources), *sources[0].shape[1:])
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
-    row = 0
-    for source in sources:
-        for start in range(0, len(source), CHUNK):
-            block = np.asarray(source[start : start + CHUNK])
-            out[row : row + len(block)] = block
-            row += len(block)
-    out.flush()
-    return out
+def _source_files(origin) -> list[str]:
+    """The absolute paths of own data's source files (none for MedMNIST)."""
+    if origin is None:
+        return []
+    return [s if Path(s).is_absolute() else str(Path(origin.root) / s) for s in origin.sources]
 
 
-def _thumbnails(target: Path, sources: list[np.ndarray], side: int, volume: bool) -> None:
-    """RGB ``side``² thumbnails (a volume's middle slice), resized as the galleries resize their tiles."""
-    from cbmir.report.gallery import display_image, resize_tile
-
-    n = sum(len(s) for s in sources)
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(n, side, side, 3))
-    row = 0
-    for source in sources:
-        for start in range(0, len(source), CHUNK):
-            block = np.stack([display_image(img, volume=volume) for img in source[start : start + CHUNK]])
-            b, h, w, _ = block.shape
-            # one resize for the whole block: images side by side along the channel axis
-            tiles = resize_tile(block.transpose(1, 2, 0, 3).reshape(h, w, b * 3), side)
-            out[row : row + b] = tiles.reshape(side, side, b, 3).transpose(2, 0, 1, 3)
-            row += b
-    out.flush()
-
-
-def _items(cfg: DictConfig, splits: dict, class_names) -> list[dict[str, Any]]:
+def _items(cfg: DictConfig, splits: dict, class_names, privacy: Privacy, withheld: dict[str, str]) -> list[dict]:
     from cbmir.data import ROLE_SPLIT, file_name
-    from cbmir.report.gallery import class_text
 
-    rows, row = [], 0
+    rows = []
     for role, split in splits.items():
         origin = split.provenance
+        files = _source_files(origin)
         for position in range(len(split)):
+            if origin:
+                source, group = origin.sources[position], str(origin.groups[position])
+                reason, kept = withheld.get(files[position], ""), privacy
+            else:  # a public dataset's position, not a patient's file
+                source = f"{file_name(cfg.dataset.flag, cfg.size)}:{ROLE_SPLIT[role]}[{position}]"
+                group, reason, kept = "", "", Privacy("plain")
             labels = split.labels[position]
-            rows.append(
-                {
-                    "row": row,
-                    "split": ROLE_SPLIT[role],
-                    "position": position,
-                    "source": origin.sources[position]
-                    if origin
-                    else f"{file_name(cfg.dataset.flag, cfg.size)}:{ROLE_SPLIT[role]}[{position}]",
-                    "label": ";".join(str(int(v)) for v in (labels if len(labels) == 1 else np.flatnonzero(labels))),
-                    "label_name": class_text(labels, class_names),
-                    "group": str(origin.groups[position]) if origin else "",
-                }
-            )
-            row += 1
+            rows.append(item_row(ROLE_SPLIT[role], position, source, labels, class_names, group, kept, reason))
     return rows
 
 
-def build_index(cfg: DictConfig) -> Path:
-    """Run (or reuse) the cell, then write its index folder; returns the folder."""
-    import faiss
+def check_index_settings(cfg: DictConfig) -> None:
+    """Every ``index.*`` key checked before any work."""
+    i = cfg.index
+    if i.splits not in SPLIT_CHOICES:
+        raise ConfigError(f"index.splits must be one of {list(SPLIT_CHOICES)}, got {i.splits!r}")
+    if not isinstance(i.thumb, int) or i.thumb < 8:
+        raise ConfigError(f"index.thumb (thumbnail side in px) must be an integer >= 8, got {i.thumb!r}")
+    if not isinstance(i.keep_generations, int) or isinstance(i.keep_generations, bool) or i.keep_generations < 1:
+        raise ConfigError(f"index.keep_generations must be an integer >= 1, got {i.keep_generations!r}")
+    if not isinstance(i.allow_burned_in, bool):
+        raise ConfigError(f"index.allow_burned_in must be true or false, got {i.allow_burned_in!r}")
+    check_factory(i.faiss, i.nprobe)
+    if i.privacy not in MODES:
+        raise ConfigError(f"index.privacy must be one of {list(MODES)}, got {i.privacy!r}")
 
+
+def _approximate(content: Content, factory: str, nprobe: int, seed: int) -> None:
+    """An inverted-file index in place of the exact one: trained, ids 0..N-1, recall and quantiser recorded."""
+    from cbmir.index import approx
+
+    metric = content.manifest["metric"]
+    n = len(content.items)
+    content.faiss_index = lambda vectors: approx.train(np.asarray(vectors), metric, factory, nprobe, seed)
+    content.extra[IDS] = np.arange(n, dtype=np.int64)
+
+    def describe(index, vectors) -> dict:
+        block = approx.record(index, vectors, content.extra[IDS], metric, None)
+        return {"approximate": {**block, "factory": factory}}
+
+    content.describe = describe
+
+
+def build_index(cfg: DictConfig) -> Path:
+    """Run (or reuse) the cell, then write its index as a new generation of the index folder; returns the folder."""
     from cbmir.cell.spec import build_spec
     from cbmir.data import ROLE_SPLIT, dataset_facts, open_split
     from cbmir.index.files import sha256_file
     from cbmir.index.retrieve import QueryEmbedder
     from cbmir.search.exact import flat_index
 
-    if cfg.index.splits not in SPLIT_CHOICES:
-        raise ConfigError(f"index.splits must be one of {list(SPLIT_CHOICES)}, got {cfg.index.splits!r}")
-    if not isinstance(cfg.index.thumb, int) or cfg.index.thumb < 8:
-        raise ConfigError(f"index.thumb (thumbnail side in px) must be an integer >= 8, got {cfg.index.thumb!r}")
-    target = Path(str(cfg.index.dir)).expanduser() if cfg.index.dir else default_dir(cfg)
+    check_index_settings(cfg)
+    target = (Path(str(cfg.index.dir)).expanduser() if cfg.index.dir else default_dir(cfg)).resolve()
+    privacy, key_path = privacy_for_build(cfg.index.privacy, cfg.index.key_file, target)
     result = _evaluated_cell(cfg)
     roles = SPLIT_CHOICES[cfg.index.splits]
     spec = build_spec(cfg)
@@ -165,24 +153,22 @@ def build_index(cfg: DictConfig) -> Path:
     sample = splits["database"].images
     rgb = volume is None and sample.ndim == 4 and sample.shape[-1] == 3
 
-    partial = target.with_name(target.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    embeddings = _copy_rows(
-        partial / EMBEDDINGS, [np.load(cache[r], mmap_mode="r", allow_pickle=False) for r in roles], np.float32
-    )
+    scan = scan_headers(p for r in roles for p in _source_files(splits[r].provenance))
+    log.info("%s", describe(scan.summary()))
+    withheld = {} if cfg.index.allow_burned_in else scan.burned_in
+    if withheld:
+        log.warning("%d file(s) may show burned-in text: vectors indexed, pixels and thumbnails withheld "
+                    "(index.allow_burned_in=true keeps them)", len(withheld))  # fmt: skip
+    items = _items(cfg, splits, class_names, privacy, withheld)
+    zero = np.array([bool(it["withheld"]) for it in items])
     labels = np.concatenate([splits[r].labels for r in roles]).astype(np.int64)
-    np.save(partial / LABELS, labels)
-    write_items(partial / ITEMS, _items(cfg, splits, class_names))
     images = [splits[r].images for r in roles]
+    offsets = np.cumsum([0] + [len(x) for x in images])
+    zeros = [zero[offsets[i] : offsets[i + 1]] for i in range(len(images))]
     thumb = min(cfg.index.thumb, int(sample.shape[-2]))
-    _thumbnails(partial / THUMBS, images, thumb, volume is not None)
-    if cfg.index.images:
-        _copy_rows(partial / IMAGES, images, np.uint8)
-    np.save(partial / PROBE, np.array(images[0][0]))
-    faiss.write_index(flat_index(embeddings, cfg.protocol.metric), str(partial / FAISS_FILE))
+    embeddings = [Rows(np.load(cache[r], mmap_mode="r", allow_pickle=False)) for r in roles]
 
+    kind = str(cfg.dataset.get("kind", "medmnist"))
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_id(cfg),
@@ -205,16 +191,27 @@ def build_index(cfg: DictConfig) -> Path:
         },
         "seed": int(cfg.seed),
         "precision": result["precision"],
-        "embedding_dim": int(embeddings.shape[1]),
+        "embedding_dim": int(embeddings[0].source.shape[1]),
         "unit_norm": bool(result["unit_norm"]),
-        "n_items": int(len(embeddings)),
         "splits": {ROLE_SPLIT[r]: len(splits[r]) for r in roles},
         "class_names": class_names,
         "multilabel": bool(labels.shape[1] > 1),
-        "dataset_root": origin.root if origin else None,
+        "source": {
+            "kind": kind,
+            "root": (origin.root if origin else None) if privacy.mode != "none" else None,
+            "manifest": str(cfg.dataset.path) if kind == "manifest" and privacy.mode != "none" else None,
+        },
         "thumb_size": thumb,
-        "probe_row": 0,
-        "faiss": {"index": "IndexFlatL2" if cfg.protocol.metric == "l2" else "IndexFlatIP (unit vectors)"},
+        "privacy": privacy.record(key_path),
+        "headers": scan.summary(),
+        "settings": {
+            "keep_generations": int(cfg.index.keep_generations),
+            "allow_burned_in": bool(cfg.index.allow_burned_in),
+            "images": bool(cfg.index.images),
+        },
+        "faiss": {"index": "IndexFlatL2" if cfg.protocol.metric == "l2" else "IndexFlatIP (unit vectors)"}
+        if cfg.index.faiss == "Flat"
+        else {"index": str(cfg.index.faiss), "nprobe": int(cfg.index.nprobe)},
         "evaluation": {
             "result": str((cell_dir(cfg) / "result.json").resolve()),
             "k": result["k"],
@@ -222,39 +219,54 @@ def build_index(cfg: DictConfig) -> Path:
             "cell": f"{result['protocol']}/{result['dataset']}/{result['size']}/{result['model']}",
         },
         "embedding_cache": {r: {"path": str(cache[r]), "sha256": sha256_file(cache[r])} for r in roles},
+        "history": [],
         "versions": versions(),
     }
-    del embeddings
     # the query path must give the evaluation's vectors: refuse an index that a reopened model would not answer
-    QueryEmbedder(manifest).check(
-        np.load(partial / PROBE, allow_pickle=False),
-        np.load(partial / EMBEDDINGS, mmap_mode="r", allow_pickle=False)[0],
+    embedder = QueryEmbedder(manifest)
+    embedder.check(np.asarray(images[0][0]), np.asarray(embeddings[0].source[0]))
+    probe = synthetic_probe(tuple(sample.shape[1:]))
+    manifest["probe_embedding"] = embedder.embed(probe[None])[0].tolist()
+    content = Content(
+        embeddings=embeddings,
+        labels=labels,
+        items=items,
+        thumbs=[Rows(x, transform=thumbnailer(thumb, volume is not None), zero=zeros[i]) for i, x in enumerate(images)],
+        images=[Rows(x, zero=zeros[i]) for i, x in enumerate(images)] if cfg.index.images else None,
+        probe=probe,
+        manifest={**manifest, "history": [{"change": "build", "at": manifest["created"], "items": len(items)}]},
+        faiss_index=lambda vectors: flat_index(np.asarray(vectors), cfg.protocol.metric),
     )
-    folder = finish(partial, target.resolve(), manifest)
-    log.info("index of %d items written to %s", manifest["n_items"], folder)
-    return folder
-
-
-def info(folder: Path) -> str:
-    """The manifest, as JSON."""
-    return json.dumps(read_manifest(folder), indent=2)
+    if cfg.index.faiss != "Flat":
+        _approximate(content, str(cfg.index.faiss), int(cfg.index.nprobe), int(cfg.seed))
+    with writing(target):
+        adopt_legacy(target)
+        folder = write_generation(target, content, int(cfg.index.keep_generations))
+    log.info("index of %d items written to %s (generation %s)", len(items), target, folder.name)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cbmir.index import edit, info
+
     parser = argparse.ArgumentParser(prog="cbmir index", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="run (or reuse) a cell and write its search index")
     b.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m cbmir.run (index.dir=, ...)")
-    i = sub.add_parser("info", help="print an index's manifest")
+    edit.add_parsers(sub)
+    i = sub.add_parser("info", help="an index's generations, counts, dates, header scan and recall")
     i.add_argument("folder", type=Path)
+    i.add_argument("--json", action="store_true", help="print the current manifest and the generations as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[cbmir] %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         if args.command == "info":
-            print(info(args.folder))
-        else:
+            print(info.info(args.folder, as_json=args.json))
+        elif args.command == "build":
             print(build_index(compose_config(args.overrides)))
+        else:
+            print(edit.run(args))
     except CbmirError as exc:
         print(f"cbmir: error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import numpy as np
 
 from cbmir.data.decode import BadFile, file_format, is_series_folder
 from cbmir.errors import CbmirError
-from cbmir.index.retrieve import Answer, Retriever
+from cbmir.index.retrieve import Answer, Retriever, parse_where
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", type=Path, help="also draw the queries with their neighbours to this PNG")
     parser.add_argument("--model", help="refuse unless the index holds this model's embeddings")
     parser.add_argument("--device", help="torch device for the query model (default: cuda if available, else cpu)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index's files")
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check (sizes are still checked)")
+    parser.add_argument(
+        "--where", action="append", default=[], metavar="COLUMN=VALUE",
+        help="search only items with this value (label, split, group, source); repeat: same column = any, else all",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[cbmir] %(message)s")
     try:
+        where = parse_where(args.where)
         retriever = Retriever(args.index, model=args.model, check=not args.no_verify, device=args.device)
+        retriever.allowed(where)
     except CbmirError as exc:
         print(f"cbmir: error: {exc}", file=sys.stderr)
         return 2
@@ -114,16 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     answers, failed = [], 0
     for path in files:
         try:
-            answers.append(retriever.query(str(path), None if path.is_dir() else path.read_bytes(), args.k))
-        except (BadFile, OSError) as exc:
+            answers.append(retriever.query(str(path), None if path.is_dir() else path.read_bytes(), args.k, where))
+        except (BadFile, OSError, CbmirError) as exc:
             failed += 1
             print(f"cbmir: error: {path}: {exc}", file=sys.stderr)
     m = retriever.manifest
     if args.json:
-        out = {"index": str(retriever.index.folder), "model": m["model"], "metric": m["metric"]}
+        out = {"index": str(retriever.index.root or retriever.index.folder), "model": m["model"], "metric": m["metric"]}
         print(json.dumps({**out, "results": [a.as_dict() for a in answers]}, indent=2))
     else:
-        print(f"index {retriever.index.folder}: {m['model']} · {m['dataset']} · {m['size']} px · {m['n_items']} items")
+        where_to = retriever.index.root or retriever.index.folder
+        print(f"index {where_to}: {m['model']} · {m['dataset']} · {m['size']} px · {m['n_items']} items")
         for answer in answers:
             print(table(answer, m["metric"]))
     if args.gallery and answers:

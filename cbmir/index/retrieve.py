@@ -15,6 +15,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from cbmir.data.decode import DICOM_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SUFFIXES, BadFile, DecodeSpec, decode, file_format
+from cbmir.data.pixels import DecodeLimits
+from cbmir.errors import ConfigError
 from cbmir.index.files import IndexFolder, IndexMismatchError, open_index
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,58 @@ def upload_name(name: str, data: bytes) -> str:
         if data.startswith(magic):
             return base + suffix
     raise BadFile("not a supported image (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)")
+
+
+#: Item columns a query may filter on (``where``).
+FILTER_COLUMNS = ("label", "split", "group", "source")
+#: Split names a filter also accepts (the roles): database = train, query = test.
+SPLIT_ALIASES = {"database": "train", "query": "test"}
+
+
+class FilterError(ConfigError):
+    """A ``where`` filter on an unknown column or a value no item holds."""
+
+
+def parse_where(pairs: Sequence[str]) -> dict[str, list[str]]:
+    """``["label=benign", "split=database", "label=normal"]`` → ``{"label": ["benign", "normal"], "split": [...]}``."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep or not column.strip() or not value.strip():
+            raise FilterError(f"--where {pair}: expected COLUMN=VALUE (columns: {', '.join(FILTER_COLUMNS)})")
+        out.setdefault(column.strip(), []).append(value.strip())
+    return out
+
+
+def allowed_rows(
+    items: list[dict[str, str]], where: Mapping[str, Sequence[str]] | None, class_names: dict | None
+) -> np.ndarray | None:
+    """Rows passing every column's filter (a column's values are alternatives); None without filters.
+
+    ``label`` takes the label index, the class name or the ``"0 benign"`` form; ``split`` also takes
+    ``database`` / ``query``. A multi-label item passes a label filter when it holds any of the values.
+    """
+    if not where:
+        return None
+    mask = np.ones(len(items), dtype=bool)
+    names = {v: k for k, v in (class_names or {}).items()}
+    for column, values in where.items():
+        if column not in FILTER_COLUMNS:
+            raise FilterError(f"cannot filter on {column!r}: the columns are {', '.join(FILTER_COLUMNS)}")
+        values = [values] if isinstance(values, str) else list(values)
+        cells = [it[column].split(";") if column == "label" else [it[column]] for it in items]
+        held = {v for cell in cells for v in cell}
+        accepted = set()
+        for value in values:
+            forms = {value, names.get(value, value), SPLIT_ALIASES.get(value, value) if column == "split" else value}
+            if column == "label" and " " in value:
+                forms.add(value.split(" ", 1)[0])
+            if not forms & held:
+                shown = ", ".join(sorted(held)[:12]) + (", …" if len(held) > 12 else "")
+                raise FilterError(f"no item has {column}={value} (values of {column}: {shown})")
+            accepted |= forms & held
+        mask &= np.array([any(v in accepted for v in cell) for cell in cells])
+    return np.flatnonzero(mask)
 
 
 class QueryEmbedder:
@@ -104,7 +159,7 @@ class QueryEmbedder:
         """uint8 items (as stored in the index) → float32 ``(B, d)``."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(items)).to(self.device)
+        x = torch.from_numpy(np.require(items, requirements=["C", "W"])).to(self.device)
         with self._lock, torch.inference_mode():
             if self.autocast is not None:
                 with torch.autocast("cuda", dtype=self.autocast):
@@ -125,20 +180,21 @@ class QueryEmbedder:
                 "preprocessing changed since the build; rebuild the index"
             )
 
-    def pixels(self, name: str, data: bytes | None) -> np.ndarray:
+    def pixels(self, name: str, data: bytes | None, *, limits: DecodeLimits | None = None) -> np.ndarray:
         """A file's bytes → one item as the index stores them (``(s, s[, 3])`` image, or volume at the cell's side).
 
         ``data=None``: ``name`` is a local folder holding one DICOM series (``cbmir query IDX SERIES_FOLDER``).
+        ``limits`` caps what the file's header may claim (the server passes its own, smaller ones).
         """
         if data is None:
-            pixels = decode(name, None, self.spec).pixels
+            pixels = decode(name, None, self.spec, limits=limits).pixels
         elif file_format(name := upload_name(name, data)) == "nifti":  # nibabel reads from a path
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / name
                 path.write_bytes(data)
-                pixels = decode(path, data, self.spec).pixels
+                pixels = decode(path, data, self.spec, limits=limits).pixels
         else:
-            pixels = decode(name, data, self.spec).pixels
+            pixels = decode(name, data, self.spec, limits=limits).pixels
         if self.side is not None and pixels.shape[0] != self.side:
             from cbmir.data.volumes import resize_volumes
 
@@ -192,30 +248,65 @@ class Retriever:
                 f"(build one: python -m cbmir.index build model={model} dataset=... size=...)"
             )
         self.embedder = QueryEmbedder(m, model_config=model_config, device=device)
-        self.embedder.check(self.index.probe, self.index.embeddings[m["probe_row"]])
+        self.embedder.check(self.index.probe, self.index.probe_vector)
 
     @property
     def manifest(self) -> dict[str, Any]:
         return self.index.manifest
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def allowed(self, where: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
+        """The rows a filter lets through (None: no filter); raises :class:`FilterError` with a sentence."""
+        return allowed_rows(self.index.items, where, self.index.class_names)
+
+    def search(
+        self, vectors: np.ndarray, k: int, where: Mapping[str, Sequence[str]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest rows (among the rows ``where`` allows, selected inside FAISS's search, so k still come back)."""
+        import faiss
+
         from cbmir.search.exact import l2_normalize
 
-        k = max(1, min(int(k), len(self.index)))
+        allowed = self.allowed(where)
+        n = len(self.index) if allowed is None else len(allowed)
+        if n == 0:
+            raise FilterError(f"no item passes every filter of {dict(where or {})}")
+        k = max(1, min(int(k), n))
         q = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.manifest["metric"] == "cosine":
             q = l2_normalize(q)
-        distances, rows = self.index.faiss_index.search(q, k)
+        if allowed is not None and self.index.ids is not None:
+            # an inverted file may probe none of the allowed items' lists: an exact masked search instead
+            from cbmir.search.exact import search
+
+            distances, found = search(np.asarray(self.index.embeddings[allowed]), q, k, self.manifest["metric"])
+            return distances, allowed[found]
+        if allowed is None:
+            distances, rows = self.index.faiss_index.search(q, k)
+        else:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            distances, rows = self.index.faiss_index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        if self.index.ids is not None:
+            from cbmir.index.approx import rows_of
+
+            return distances, rows_of(rows, self.index.ids)
         return distances, rows.astype(np.int64)
 
-    def query(self, name: str, data: bytes | None, k: int = 5) -> Answer:
+    def query(
+        self,
+        name: str,
+        data: bytes | None,
+        k: int = 5,
+        where: Mapping[str, Sequence[str]] | None = None,
+        *,
+        limits: DecodeLimits | None = None,
+    ) -> Answer:
         """Decode, embed and search one file; raises :class:`BadFile` for a file that is not a readable image."""
         t0 = time.perf_counter()
-        pixels = self.embedder.pixels(name, data)
+        pixels = self.embedder.pixels(name, data, limits=limits)
         t1 = time.perf_counter()
         vector = self.embedder.embed(pixels[None])
         t2 = time.perf_counter()
-        distances, rows = self.search(vector, k)
+        distances, rows = self.search(vector, k, where)
         t3 = time.perf_counter()
         neighbours = [
             {"rank": r + 1, "row": int(row), "distance": float(dist), **self.item(int(row))}
@@ -232,7 +323,7 @@ class Retriever:
 
     def item(self, row: int) -> dict[str, str]:
         it = self.index.items[row]
-        return {k: it[k] for k in ("split", "position", "source", "label", "label_name", "group")}
+        return {k: it[k] for k in ("split", "position", "source", "label", "label_name", "group", "withheld")}
 
     def vote(self, rows: np.ndarray) -> dict[str, Any]:
         rows = rows[rows >= 0]

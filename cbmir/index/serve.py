@@ -1,153 +1,135 @@
-"""Command line: ``python -m cbmir.serve DIR``: a local web page to search an index with an image.
+"""Command line: ``cbmir serve DIR``: the search page and API of an index, for this machine or a group.
 
-One FastAPI app (:func:`create_app`) around a :class:`cbmir.index.retrieve.Retriever`: the page
-(``cbmir/resources/search.html``, plain HTML + JS), the index's description, a query by upload,
-and the items' thumbnails and full-size pixels by integer row only, rendered from the index's
-own arrays, so no request can name a file and nothing outside the index folder is ever served.
-Binds 127.0.0.1 unless told otherwise.
+Binds 127.0.0.1 unless told otherwise; any other address needs an access method (``--token-file`` or, explicitly,
+``--insecure-no-auth``). The app is :func:`cbmir.index.server.app.create_app`; this module parses the options,
+checks them before anything heavy is loaded, opens the index, and runs uvicorn (TLS through its own options).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from cbmir.errors import CbmirError, ConfigError
+from cbmir.index.server.app import ServeOptions, accepted_suffixes, create_app, png
+from cbmir.index.server.auth import is_loopback, read_token_file
 
-from cbmir.data.decode import DICOM_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SUFFIXES, BadFile
-from cbmir.errors import CbmirError
-from cbmir.index.retrieve import Retriever, upload_name
-
+__all__ = ["accepted_suffixes", "create_app", "main", "png", "parser", "check_options"]
 log = logging.getLogger(__name__)
-
-PAGE = Path(__file__).resolve().parents[1] / "resources" / "search.html"
-DEFAULT_MAX_UPLOAD_MB = 20.0
-MAX_K = 50
-#: Room for the multipart envelope around the file, on top of the upload limit.
-ENVELOPE = 64 * 1024
+DEFAULTS = ServeOptions()
 
 
-def png(pixels: np.ndarray, *, volume: bool = False) -> bytes:
-    """An item (or a volume's middle slice) as PNG bytes."""
-    from PIL import Image
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cbmir serve", description=__doc__.splitlines()[0])
+    p.add_argument("index", type=Path, help="an index folder (cbmir index build)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("-k", type=int, default=DEFAULTS.k, help="neighbours shown (default 5)")
+    p.add_argument("--device", help="torch device for the query model (default: cuda if available, else cpu)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index's files")
+    g = p.add_argument_group("untrusted uploads")
+    g.add_argument("--max-upload-mb", type=float, default=DEFAULTS.max_upload_mb, help="largest upload (20)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels, help="largest 2D image decoded (40 Mpx)")
+    g.add_argument("--max-voxels", type=int, default=DEFAULTS.max_voxels, help="largest volume decoded (64 Mvoxels)")
+    g.add_argument("--workers", type=int, default=DEFAULTS.workers, help="queries decoded at once (the cores)")
+    g.add_argument("--queue", type=int, default=DEFAULTS.queue, help="queries waiting for a worker; then 503 (8)")
+    a = p.add_argument_group("access")
+    a.add_argument("--token-file", type=Path, help="one `name:token` per line, private to its owner (chmod 600)")
+    a.add_argument("--insecure-no-auth", action="store_true", help="serve another address without any token")
+    a.add_argument("--audit-log", type=Path, help="append one JSON line per request to this file (default: none)")
+    a.add_argument("--request-rate", default=DEFAULTS.request_rate, help="per user, every route (600/minute)")
+    a.add_argument("--query-rate", default=DEFAULTS.query_rate, help="per user, queries (60/minute)")
+    a.add_argument("--user-queries", type=int, default=DEFAULTS.user_queries, help="per user, at once (2)")
+    a.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
+    a.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
+    p.add_argument("--reload-interval", type=float, default=10.0, help="seconds between looks at CURRENT (10)")
+    return p
 
-    from cbmir.report.gallery import display_image
 
-    buffer = io.BytesIO()
-    Image.fromarray(display_image(pixels, volume=volume)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def accepted_suffixes(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """2D indexes take PNG/JPEG/TIFF/BMP and DICOM; 3D indexes NIfTI and multi-frame DICOM."""
-    return NIFTI_SUFFIXES + DICOM_SUFFIXES if manifest["decode"]["dims"] == 3 else PILLOW_SUFFIXES + DICOM_SUFFIXES
-
-
-def create_app(retriever: Retriever, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 5) -> FastAPI:
-    """The app: the page, ``/api/info``, ``/api/query`` (multipart ``file``, ``k``), thumbnails and images by row."""
-    index, manifest = retriever.index, retriever.manifest
-    limit = int(max_upload_mb * 1024 * 1024)
-    volume = manifest["decode"]["dims"] == 3
-    suffixes = accepted_suffixes(manifest)
-    app = FastAPI(title="cbmir search", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # before the multipart parser spools anything: a declared body larger than the limit is refused at once
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + ENVELOPE:
-            return JSONResponse({"detail": too_large(int(declared))}, status_code=413)
-        return await call_next(request)
-
-    def too_large(size: int) -> str:
-        return f"the file is too large ({size / 1e6:.1f} MB); the limit is {max_upload_mb:g} MB"
-
-    def item_row(row: int) -> int:
-        if not 0 <= row < len(index):
-            raise HTTPException(404, f"no item {row}: this index has items 0 to {len(index) - 1}")
-        return row
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return PAGE.read_text()
-
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
-        keys = ("model", "model_label", "dataset", "dataset_label", "size", "metric", "n_items", "splits", "protocol")
-        return {
-            **{key: manifest[key] for key in keys},
-            "k": k,
-            "max_k": MAX_K,
-            "max_upload_mb": max_upload_mb,
-            "accepted": list(suffixes),
-            "full_size": index.images is not None,
-            "evaluation": manifest["evaluation"],
-        }
-
-    @app.post("/api/query")
-    def query(file: UploadFile = File(...), k: int = Form(k)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)
-        data = file.file.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(413, too_large(len(data)))
-        name = Path(file.filename or "upload").name
-        try:
-            typed = upload_name(name, data)
-            if not typed.lower().endswith(suffixes):
-                raise BadFile(f"a {Path(typed).suffix} file; this index takes {', '.join(suffixes)}")
-            answer = retriever.query(typed, data, max(1, min(int(k), MAX_K)))
-        except BadFile as exc:
-            raise HTTPException(400, f"{name} cannot be searched: {exc}") from None
-        body = answer.as_dict()
-        body["query"] = name
-        body["image"] = "data:image/png;base64," + base64.b64encode(png(answer.pixels, volume=volume)).decode()
-        return body
-
-    @app.get("/api/thumb/{row}")
-    def thumb(row: int) -> Response:
-        return Response(png(index.thumbs[item_row(row)]), media_type="image/png")
-
-    @app.get("/api/image/{row}")
-    def image(row: int) -> Response:
-        source = index.images if index.images is not None else index.thumbs
-        pixels = source[item_row(row)]
-        return Response(png(pixels, volume=volume and index.images is not None), media_type="image/png")
-
-    @app.get("/api/item/{row}")
-    def item(row: int) -> dict[str, Any]:
-        return {"row": row, **retriever.item(item_row(row))}
-
-    return app
+def check_options(args: argparse.Namespace) -> ServeOptions:
+    """Every option checked before the index and the model are loaded; a ConfigError says what to change."""
+    if args.token_file is not None and args.insecure_no_auth:
+        raise ConfigError("--token-file and --insecure-no-auth exclude each other; choose one")
+    if not is_loopback(args.host) and args.token_file is None and not args.insecure_no_auth:
+        raise ConfigError(
+            f"--host {args.host} lets other machines in: give --token-file FILE (one name:token per line), "
+            "or --insecure-no-auth to serve every case to anyone who reaches the port"
+        )
+    if args.token_file is not None:
+        read_token_file(args.token_file)
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{path} does not exist")
+    positive = {
+        "-k": args.k, "--max-upload-mb": args.max_upload_mb, "--max-pixels": args.max_pixels,
+        "--max-voxels": args.max_voxels, "--workers": args.workers, "--reload-interval": args.reload_interval,
+    }  # fmt: skip
+    for flag, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{flag} must be positive (got {value})")
+    if args.queue < 0:
+        raise ConfigError(f"--queue must be 0 or more (got {args.queue})")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be from 1 to 65535 (got {args.port})")
+    return ServeOptions(
+        k=args.k,
+        max_upload_mb=args.max_upload_mb,
+        workers=args.workers,
+        queue=args.queue,
+        max_pixels=args.max_pixels,
+        max_voxels=args.max_voxels,
+        request_rate=args.request_rate,
+        query_rate=args.query_rate,
+        user_queries=args.user_queries,
+        token_file=args.token_file,
+        insecure_no_auth=args.insecure_no_auth,
+        audit_log=args.audit_log,
+        secure_cookie=args.ssl_certfile is not None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cbmir serve", description=__doc__.splitlines()[0])
-    parser.add_argument("index", type=Path, help="an index folder (python -m cbmir.index build)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("-k", type=int, default=5, help="neighbours shown (default 5)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB)
-    parser.add_argument("--device", help="torch device for the query model (default: cuda if available, else cpu)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index's files")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[cbmir] %(message)s")
     try:
-        retriever = Retriever(args.index, check=not args.no_verify, device=args.device)
+        options = check_options(args)
+        from cbmir.index.retrieve import Retriever
+        from cbmir.index.server.live import Live, Served, pointer
+
+        def opener(folder: Path) -> Retriever:
+            return Retriever(folder, check=not args.no_verify, device=args.device)
+
+        root = args.index.expanduser().resolve()
+        retriever = opener(root)
+        generation = getattr(retriever.index, "generation", None) or pointer(root)
+        live = Live(Served(retriever, generation), root=root, opener=opener, interval=args.reload_interval)
+        app = create_app(live, options)
     except CbmirError as exc:
         print(f"cbmir: error: {exc}", file=sys.stderr)
         return 2
+    tokens = app.state.tokens
+    live.on_hup = (lambda: tokens.reload(force=True)) if tokens is not None else None
+    live.start()
+    signal.signal(signal.SIGHUP, lambda *_: live.hup())
     import uvicorn
 
     m = retriever.manifest
-    log.info("serving %s (%s · %s · %d items) on http://%s:%d/", args.index, m["model"], m["dataset"], m["n_items"],
-             args.host, args.port)  # fmt: skip
-    uvicorn.run(create_app(retriever, max_upload_mb=args.max_upload_mb, k=args.k), host=args.host, port=args.port)
+    scheme = "https" if args.ssl_certfile else "http"
+    log.info("serving %s (%s · %s · %d items) on %s://%s:%d/ (pid %d)", args.index, m["model"], m["dataset"],
+             len(retriever.index), scheme, args.host, args.port, os.getpid())  # fmt: skip
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                    log_level="warning")  # fmt: skip
+    finally:
+        live.stop()
+        if app.state.audit is not None:
+            app.state.audit.close()
     return 0
 
 

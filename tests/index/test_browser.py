@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from PIL import Image
 from cbmir.index.retrieve import Retriever
 from cbmir.index.serve import create_app
 from tests.helpers.index_fixtures import build_tiny_index
+from tests.helpers.serve_fixtures import running_server
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 
@@ -33,30 +32,27 @@ def system_chromium() -> str:
     pytest.fail("no chromium on PATH: run `make browser-deps` (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TOKEN = "browser-user-0123456789"
+
+
+def poll(page, expression: str, timeout: float = 30.0) -> None:
+    """Wait until ``expression`` is true in the page. Playwright's ``wait_for_function`` evaluates its predicate
+    with ``eval`` inside the page, which the page's content security policy forbids (as it should)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"() => Boolean({expression})"):
+        assert time.monotonic() < deadline, f"the page never reached: {expression}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
 def server(data_dir, tmp_path_factory):
-    import uvicorn
-
     folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
     retriever = Retriever(folder, device="cpu")
-    port = free_port()
-    config = uvicorn.Config(create_app(retriever), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", retriever
-    srv.should_exit = True
-    thread.join(timeout=10)
+    tokens = tmp_path_factory.mktemp("browser") / "tokens.txt"
+    tokens.write_text(f"reader:{TOKEN}\n")
+    tokens.chmod(0o600)
+    with running_server(create_app(retriever, token_file=tokens)) as url:
+        yield url, retriever
 
 
 def test_upload_in_the_browser_shows_the_cases(server, tmp_path):
@@ -75,13 +71,15 @@ def test_upload_in_the_browser_shows_the_cases(server, tmp_path):
         browser = p.chromium.launch(executable_path=system_chromium(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1060, "height": 560})
-            page.goto(url + "/")
-            page.wait_for_function("document.getElementById('index').textContent.includes('Model')")
+            page.goto(url + "/")  # a token file guards the server: the login form first, then the page
+            page.fill("#token", TOKEN)
+            page.click("button[type=submit]")
+            poll(page, "document.getElementById('index').textContent.includes('Model')")
             header = page.inner_text("#index")
             assert "tiny_resnet" in header and "BloodMNIST" in header and "24 cases" in header
 
             page.set_input_files("#file", str(bad))
-            page.wait_for_function("document.getElementById('error').textContent.includes('cannot be searched')")
+            poll(page, "document.getElementById('error').textContent.includes('cannot be searched')")
             assert "report.png cannot be searched: not a readable image" in page.inner_text("#error")
 
             page.set_input_files("#file", str(query))
@@ -92,19 +90,41 @@ def test_upload_in_the_browser_shows_the_cases(server, tmp_path):
                 " loaded: e.querySelector('img').complete && e.querySelector('img').naturalWidth > 0}))",
             )
             assert len(cases) == 5
-            assert cases[0]["row"] == row and f"bloodmnist_64.npz:train[{row}]" in cases[0]["text"]
+            assert cases[0]["row"] == row and retriever.index.items[row]["source"] in cases[0]["text"]
             assert cases[0]["text"].startswith("#1 · " + retriever.index.items[row]["label_name"])
-            page.wait_for_function("[...document.querySelectorAll('#cases img')].every(i => i.naturalWidth > 0)")
+            poll(page, "[...document.querySelectorAll('#cases img')].every(i => i.naturalWidth > 0)")
             assert "suggested label:" in page.inner_text("#vote")
             assert page.eval_on_selector("#query-image", "i => i.naturalWidth") == 64
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
 
             page.click("#cases .case >> nth=1")  # open a case full size
-            page.wait_for_function("document.getElementById('viewer-image').naturalWidth > 0")
+            poll(page, "document.getElementById('viewer-image').naturalWidth > 0")
             assert page.is_visible("#viewer")
-            assert "bloodmnist_64.npz:train[" in page.inner_text("#viewer-caption")
+            assert retriever.index.items[cases[1]["row"]]["source"] in page.inner_text("#viewer-caption")
+            assert not page.is_visible("#insecure")  # the red banner is for --insecure-no-auth only
         finally:
             browser.close()
     assert shot.stat().st_size < 300_000
     assert Image.open(shot).size == (1060, 560)
+
+
+def test_the_page_shows_the_open_access_banner_and_the_plain_paths_note(server):
+    from unittest import mock
+
+    from playwright.sync_api import sync_playwright
+
+    _, retriever = server
+    plain = {"privacy": {"mode": "plain", "key_id": None, "key_file": None}}
+    app = create_app(retriever, insecure_no_auth=True)
+    with mock.patch.dict(retriever.manifest, plain), running_server(app) as url:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=system_chromium(), args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(url + "/")
+                poll(page, "document.getElementById('index').textContent.includes('Model')")
+                assert page.is_visible("#insecure") and "no access control" in page.inner_text("#insecure")
+                assert page.is_visible("#plain") and "index.privacy=plain" in page.inner_text("#plain")
+            finally:
+                browser.close()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cbmir.index.build import build_index, compose_config
 from cbmir.index.files import IndexMismatchError
+from cbmir.index.generations import resolve
 from cbmir.index.query import main
 from cbmir.index.retrieve import Retriever, suggest_label, upload_name
 from tests.helpers.index_fixtures import build_tiny_index, own_overrides, write_own_folder
@@ -82,13 +83,13 @@ def test_other_weights_under_the_same_name_are_refused(blood, tmp_path):
     copy = shutil.copytree(blood, tmp_path / "copy")
     manifest = _manifest(copy)
     manifest["seed"] = 1  # random weights of another seed: same name and identity, other network
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (resolve(copy) / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexMismatchError, match="does not reproduce the index's embeddings"):
         Retriever(copy)
 
 
 def _manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+    return json.loads((resolve(folder) / "manifest.json").read_text())
 
 
 def test_command_line_table_json_gallery_and_errors(retriever, blood, tmp_path, capsys):
@@ -123,10 +124,40 @@ def test_command_line_table_json_gallery_and_errors(retriever, blood, tmp_path, 
 
 def test_own_data_dicom_and_png_sources_find_themselves(tmp_path):
     source = write_own_folder(tmp_path / "src")
-    folder = build_index(compose_config(own_overrides(source, tmp_path / "out")))
+    folder = build_index(compose_config([*own_overrides(source, tmp_path / "out"), "index.privacy=plain"]))
     retriever = Retriever(folder, device="cpu")
     for name in ("train/benign/benign2.dcm", "train/malignant/malignant1.png", "train/normal/normal5.dcm"):
         path = source / name
         answer = retriever.query(path.name, path.read_bytes(), k=3)
         assert answer.neighbours[0]["source"] == name
         assert answer.vote["label_name"].endswith(name.split("/")[1])
+
+
+def test_filters_act_inside_the_search_so_k_results_come_back(retriever, tmp_path, capsys):
+    index = retriever.index
+    labels = index.labels[:, 0]
+    query_row = 0
+    other = int(next(v for v in labels if v != labels[query_row]))
+    name = index.class_names[str(other)]
+    allowed = np.flatnonzero(labels == other)
+    assert len(allowed) <= len(index) // 2  # most items are filtered out
+    vector = np.asarray(index.embeddings[query_row])[None]
+    for where in ({"label": [name]}, {"label": [str(other)], "split": ["database"]}, {"label": f"{other} {name}"}):
+        d, rows = retriever.search(vector, 5, where)
+        assert len(rows[0]) == min(5, len(allowed)) and set(rows[0]) <= set(allowed)
+        exact = ((np.asarray(index.embeddings)[allowed] - vector) ** 2).sum(1)
+        np.testing.assert_array_equal(rows[0], allowed[np.argsort(exact, kind="stable")[: len(rows[0])]])
+        np.testing.assert_allclose(d[0], np.sort(exact)[: len(rows[0])], rtol=1e-4, atol=1e-4)
+    # two values of one column are alternatives; columns combine
+    d, rows = retriever.search(vector, 24, {"label": [str(other), str(labels[query_row])]})
+    assert set(rows[0]) == set(np.flatnonzero((labels == other) | (labels == labels[query_row])))
+    path = item_png(retriever, query_row, tmp_path)
+    assert main([str(retriever.index.root), str(path), "--json", "-k", "3", "--where", f"label={name}"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert [n["label"] for n in body["results"][0]["neighbours"]] == [str(other)] * 3
+    refusals = {"colour=red": "cannot filter on 'colour'", "label=unicorn": "no item has label=unicorn"}
+    refusals |= {"split=validation": "no item has split=validation", "label": "expected COLUMN=VALUE"}
+    for bad, said in refusals.items():
+        assert main([str(retriever.index.root), str(path), "--where", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cbmir: error: ") and said in err and err.count("\n") == 1
