@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,11 +17,11 @@ from PIL import Image
 from cbmir.index import generations as gens
 from cbmir.index.build import build_index, compose_config, main
 from cbmir.index.edit import add_items, remove_items
-from cbmir.index.files import open_index, verify
+from cbmir.index.files import open_index, sha256_file, verify
 from cbmir.index.privacy import Privacy, load_key
-from cbmir.index.retrieve import QueryEmbedder
+from cbmir.index.retrieve import QueryEmbedder, Retriever
 from tests.helpers.config import ROOT
-from tests.helpers.index_fixtures import own_overrides, write_own_folder
+from tests.helpers.index_fixtures import build_tiny_index, own_overrides, write_own_folder
 from tests.helpers.medmnist_fixtures import class_images
 
 
@@ -166,3 +167,24 @@ def test_a_killed_add_leaves_the_previous_generation_whole(own, tmp_path, point)
     assert add_items(idx, [new])["embedded"] == 1
     assert gens.generations(idx) == ["g000001", "g000003"] and not (idx / "g000002.partial").exists()
     assert len(open_index(idx)) == 27
+
+
+def test_an_index_from_before_generations_opens_and_its_first_change_adopts_it(data_dir, tmp_path_factory, tmp_path):
+    blood = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+    old = Path(shutil.copytree(gens.resolve(blood), tmp_path / "old"))  # one folder, no CURRENT: the old layout
+    manifest = json.loads((old / "manifest.json").read_text())
+    np.save(old / "probe.npy", np.load(old / "images.npy")[0])  # the old probe: item 0's own pixels
+    manifest["files"]["probe.npy"] = {"bytes": (old / "probe.npy").stat().st_size,
+                                      "sha256": sha256_file(old / "probe.npy")}  # fmt: skip
+    manifest.update(probe_row=0, probe_embedding=None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    retriever = Retriever(old, device="cpu")  # checked against item 0's stored vector, as before
+    assert retriever.index.root is None and len(retriever.index) == 24
+    item0 = np.load(old / "images.npy")[0].tobytes()
+    assert remove_items(old, rows=[0])["removed"] == 1
+    assert (old / "CURRENT").read_text().strip() == "g000002" and gens.generations(old) == ["g000002"]
+    assert not any(p.is_file() and p.name != "CURRENT" for p in old.iterdir())
+    index = open_index(old)
+    assert len(index) == 23 and index.manifest["probe_row"] is None
+    assert item0 not in (index.folder / "probe.npy").read_bytes()  # the removed item's pixels left with it
+    Retriever(old, device="cpu")  # the new synthetic probe checks the model
