@@ -126,7 +126,10 @@ def test_adds_and_removes_equal_a_fresh_build_and_leave_no_removed_byte(own, tmp
     shutil.rmtree(work / "train" / "benign" / "patient_x")
     fresh_cfg = [*own_overrides(work, tmp_path / "out"), "index.splits=all", f"index.dir={tmp_path / 'fresh'}"]
     fresh = open_index(build_index(compose_config([*fresh_cfg, f"index.key_file={out / 'keys' / 'index.key'}"])))
-    assert sorted(it["source"] for it in fresh.items) == sorted(it["source"] for it in after.items)
+    columns = ("source", "group", "split", "label", "label_name")
+    assert sorted(tuple(it[c] for c in columns) for it in fresh.items) == sorted(
+        tuple(it[c] for c in columns) for it in after.items
+    )
     queries = np.asarray(fresh.embeddings)
     (got, d_got), (want, d_want) = _neighbours(after, queries), _neighbours(fresh, queries)
     assert got == want
