@@ -191,3 +191,33 @@ def test_an_index_from_before_generations_opens_and_its_first_change_adopts_it(d
     assert len(index) == 23 and index.manifest["probe_row"] is None
     assert item0 not in (index.folder / "probe.npy").read_bytes()  # the removed item's pixels left with it
     Retriever(old, device="cpu")  # the new synthetic probe checks the model
+
+
+def test_selection_rules_under_plain_and_pseudonymous_privacy(tmp_path):
+    from types import SimpleNamespace
+
+    from cbmir.errors import DataError
+    from cbmir.index.edit import select
+
+    items = [{"source": "train/a/Doe/1.png", "group": "Doe"}, {"source": "train/a/Roe/2.png", "group": "Roe"},
+             {"source": "test/b/3.png", "group": "test/b/3.png"}]  # fmt: skip
+
+    class Index(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.items)
+
+    index = Index(items=items, folder=tmp_path / "g000001", manifest={"source": {"root": None}})
+    assert select(index, Privacy("plain"), sources=["train/*"]).tolist() == [True, True, False]
+    assert select(index, Privacy("plain"), groups=["Roe"], rows=[2]).tolist() == [False, True, True]
+    key = Privacy("pseudonymous", b"k" * 32)
+    hidden = [{"source": key.source(it["source"]), "group": key.group(it["group"])} for it in items]
+    root = tmp_path / "root"
+    for it in items:
+        (root / it["source"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / it["source"]).write_bytes(b"x")
+    index.items, index.manifest = hidden, {"source": {"root": str(root)}}
+    assert select(index, key, sources=["train/a/*/*.png"]).tolist() == [True, True, False]  # matched on disk
+    assert select(index, key, groups=["Doe", hidden[1]["group"]]).tolist() == [True, True, False]
+    assert select(index, Privacy("pseudonymous"), groups=[hidden[2]["group"]]).tolist() == [False, False, True]
+    with pytest.raises(DataError, match="--group Doe matches no item"):
+        select(index, Privacy("pseudonymous"), groups=["Doe"])  # without the key only the pseudonym works
