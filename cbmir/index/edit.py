@@ -239,7 +239,7 @@ def add_items(
         withheld = {} if allow else scan.burned_in
         rows = [
             item_row(e.split or ROLE_SPLIT["database"], -1, e.source, labels[i], m.get("class_names"),
-                     e.group_key if e.group else "", privacy, withheld.get(str(e.path), ""))
+                     e.group_key, privacy, withheld.get(str(e.path), ""))
             for i, e in enumerate(new)
         ]  # fmt: skip
         zero = np.array([bool(r["withheld"]) for r in rows])

@@ -85,8 +85,14 @@ def read_items(path: Path) -> list[dict[str, str]]:
 
 
 def seal(partial: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Checksum every file of ``partial`` and write its manifest; returns the manifest written."""
+    """Checksum every file of ``partial`` (flushed to disk) and write its manifest; returns the manifest written."""
     files = sorted(p for p in partial.iterdir() if p.is_file() and p.name != MANIFEST)
+    for path in files:  # durable before the pointer can name them, not only written
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     manifest = {
         **manifest,
         "format": FORMAT,

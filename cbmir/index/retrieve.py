@@ -79,35 +79,58 @@ def parse_where(pairs: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+class Columns:
+    """The filterable columns as distinct values and one code per row: built once per opened index, so a
+    filter costs a few vector operations per query, not a pass over every item's strings."""
+
+    def __init__(self, items: list[dict[str, str]]):
+        self.n = len(items)
+        self.values: dict[str, np.ndarray] = {}
+        self.codes: dict[str, np.ndarray] = {}
+        for column in FILTER_COLUMNS:
+            self.values[column], self.codes[column] = np.unique(
+                np.array([it[column] for it in items], dtype=str), return_inverse=True
+            )
+
+    def allowed(self, where: Mapping[str, Sequence[str]] | None, class_names: dict | None) -> np.ndarray | None:
+        """Rows passing every column's filter (a column's values are alternatives); None without filters.
+
+        ``label`` takes the label index, the class name or the ``"0 benign"`` form; ``split`` also takes
+        ``database`` / ``query``. A multi-label item passes a label filter when it holds any of the values.
+        """
+        if not where:
+            return None
+        mask = np.ones(self.n, dtype=bool)
+        names = {v: k for k, v in (class_names or {}).items()}
+        for column, values in where.items():
+            if column not in FILTER_COLUMNS:
+                raise FilterError(f"cannot filter on {column!r}: the columns are {', '.join(FILTER_COLUMNS)}")
+            values = [values] if isinstance(values, str) else list(values)
+            parts = [set(v.split(";")) if column == "label" else {v} for v in self.values[column]]
+            held = set().union(*parts) if parts else set()
+            accepted = set()
+            for value in values:
+                forms = {
+                    value,
+                    names.get(value, value),
+                    SPLIT_ALIASES.get(value, value) if column == "split" else value,
+                }
+                if column == "label" and " " in value:
+                    forms.add(value.split(" ", 1)[0])
+                if not forms & held:
+                    shown = ", ".join(sorted(held)[:12]) + (", …" if len(held) > 12 else "")
+                    raise FilterError(f"no item has {column}={value} (values of {column}: {shown})")
+                accepted |= forms & held
+            codes = [i for i, p in enumerate(parts) if p & accepted]
+            mask &= np.isin(self.codes[column], codes)
+        return np.flatnonzero(mask)
+
+
 def allowed_rows(
     items: list[dict[str, str]], where: Mapping[str, Sequence[str]] | None, class_names: dict | None
 ) -> np.ndarray | None:
-    """Rows passing every column's filter (a column's values are alternatives); None without filters.
-
-    ``label`` takes the label index, the class name or the ``"0 benign"`` form; ``split`` also takes
-    ``database`` / ``query``. A multi-label item passes a label filter when it holds any of the values.
-    """
-    if not where:
-        return None
-    mask = np.ones(len(items), dtype=bool)
-    names = {v: k for k, v in (class_names or {}).items()}
-    for column, values in where.items():
-        if column not in FILTER_COLUMNS:
-            raise FilterError(f"cannot filter on {column!r}: the columns are {', '.join(FILTER_COLUMNS)}")
-        values = [values] if isinstance(values, str) else list(values)
-        cells = [it[column].split(";") if column == "label" else [it[column]] for it in items]
-        held = {v for cell in cells for v in cell}
-        accepted = set()
-        for value in values:
-            forms = {value, names.get(value, value), SPLIT_ALIASES.get(value, value) if column == "split" else value}
-            if column == "label" and " " in value:
-                forms.add(value.split(" ", 1)[0])
-            if not forms & held:
-                shown = ", ".join(sorted(held)[:12]) + (", …" if len(held) > 12 else "")
-                raise FilterError(f"no item has {column}={value} (values of {column}: {shown})")
-            accepted |= forms & held
-        mask &= np.array([any(v in accepted for v in cell) for cell in cells])
-    return np.flatnonzero(mask)
+    """:meth:`Columns.allowed` for a list of items (built on each call; a :class:`Retriever` keeps its own)."""
+    return Columns(items).allowed(where, class_names)
 
 
 class QueryEmbedder:
@@ -256,7 +279,12 @@ class Retriever:
 
     def allowed(self, where: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
         """The rows a filter lets through (None: no filter); raises :class:`FilterError` with a sentence."""
-        return allowed_rows(self.index.items, where, self.index.class_names)
+        if not where:
+            return None
+        cached = getattr(self, "_columns", None)
+        if cached is None or cached[0] is not self.index.items:  # built again when a new generation is opened
+            self._columns = (self.index.items, Columns(self.index.items))
+        return self._columns[1].allowed(where, self.index.class_names)
 
     def search(
         self, vectors: np.ndarray, k: int, where: Mapping[str, Sequence[str]] | None = None

@@ -17,11 +17,10 @@ from tests.helpers.index_fixtures import build_tiny_index
 
 
 @pytest.fixture
-def ivf(data_dir, tmp_path) -> Path:
-    return build_tiny_index(
-        data_dir, tmp_path, "dataset=bloodmnist", "size=64", "index.faiss='IVF2,Flat'", "index.nprobe=2",
-        f"index.dir={tmp_path / 'ivf'}",
-    )  # fmt: skip
+def ivf(data_dir, tmp_path_factory, tmp_path) -> Path:
+    """An IVF index of its own (this test changes it), over the session's shared bloodmnist cell."""
+    settings = ("dataset=bloodmnist", "size=64", "index.faiss='IVF2,Flat'", "index.nprobe=2")
+    return build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), *settings, f"index.dir={tmp_path / 'ivf'}")
 
 
 def test_ivf_adds_and_removes_through_faiss_ids(ivf, tmp_path, capsys):

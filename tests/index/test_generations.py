@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,11 +17,11 @@ from PIL import Image
 from cbmir.index import generations as gens
 from cbmir.index.build import build_index, compose_config, main
 from cbmir.index.edit import add_items, remove_items
-from cbmir.index.files import open_index, verify
+from cbmir.index.files import open_index, sha256_file, verify
 from cbmir.index.privacy import Privacy, load_key
-from cbmir.index.retrieve import QueryEmbedder
+from cbmir.index.retrieve import QueryEmbedder, Retriever
 from tests.helpers.config import ROOT
-from tests.helpers.index_fixtures import own_overrides, write_own_folder
+from tests.helpers.index_fixtures import build_tiny_index, own_overrides, write_own_folder
 from tests.helpers.medmnist_fixtures import class_images
 
 
@@ -125,7 +126,10 @@ def test_adds_and_removes_equal_a_fresh_build_and_leave_no_removed_byte(own, tmp
     shutil.rmtree(work / "train" / "benign" / "patient_x")
     fresh_cfg = [*own_overrides(work, tmp_path / "out"), "index.splits=all", f"index.dir={tmp_path / 'fresh'}"]
     fresh = open_index(build_index(compose_config([*fresh_cfg, f"index.key_file={out / 'keys' / 'index.key'}"])))
-    assert sorted(it["source"] for it in fresh.items) == sorted(it["source"] for it in after.items)
+    columns = ("source", "group", "split", "label", "label_name")
+    assert sorted(tuple(it[c] for c in columns) for it in fresh.items) == sorted(
+        tuple(it[c] for c in columns) for it in after.items
+    )
     queries = np.asarray(fresh.embeddings)
     (got, d_got), (want, d_want) = _neighbours(after, queries), _neighbours(fresh, queries)
     assert got == want
@@ -166,3 +170,54 @@ def test_a_killed_add_leaves_the_previous_generation_whole(own, tmp_path, point)
     assert add_items(idx, [new])["embedded"] == 1
     assert gens.generations(idx) == ["g000001", "g000003"] and not (idx / "g000002.partial").exists()
     assert len(open_index(idx)) == 27
+
+
+def test_an_index_from_before_generations_opens_and_its_first_change_adopts_it(data_dir, tmp_path_factory, tmp_path):
+    blood = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+    old = Path(shutil.copytree(gens.resolve(blood), tmp_path / "old"))  # one folder, no CURRENT: the old layout
+    manifest = json.loads((old / "manifest.json").read_text())
+    np.save(old / "probe.npy", np.load(old / "images.npy")[0])  # the old probe: item 0's own pixels
+    manifest["files"]["probe.npy"] = {"bytes": (old / "probe.npy").stat().st_size,
+                                      "sha256": sha256_file(old / "probe.npy")}  # fmt: skip
+    manifest.update(probe_row=0, probe_embedding=None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    retriever = Retriever(old, device="cpu")  # checked against item 0's stored vector, as before
+    assert retriever.index.root is None and len(retriever.index) == 24
+    item0 = np.load(old / "images.npy")[0].tobytes()
+    assert remove_items(old, rows=[0])["removed"] == 1
+    assert (old / "CURRENT").read_text().strip() == "g000002" and gens.generations(old) == ["g000002"]
+    assert not any(p.is_file() and p.name != "CURRENT" for p in old.iterdir())
+    index = open_index(old)
+    assert len(index) == 23 and index.manifest["probe_row"] is None
+    assert item0 not in (index.folder / "probe.npy").read_bytes()  # the removed item's pixels left with it
+    Retriever(old, device="cpu")  # the new synthetic probe checks the model
+
+
+def test_selection_rules_under_plain_and_pseudonymous_privacy(tmp_path):
+    from types import SimpleNamespace
+
+    from cbmir.errors import DataError
+    from cbmir.index.edit import select
+
+    items = [{"source": "train/a/Doe/1.png", "group": "Doe"}, {"source": "train/a/Roe/2.png", "group": "Roe"},
+             {"source": "test/b/3.png", "group": "test/b/3.png"}]  # fmt: skip
+
+    class Index(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.items)
+
+    index = Index(items=items, folder=tmp_path / "g000001", manifest={"source": {"root": None}})
+    assert select(index, Privacy("plain"), sources=["train/*"]).tolist() == [True, True, False]
+    assert select(index, Privacy("plain"), groups=["Roe"], rows=[2]).tolist() == [False, True, True]
+    key = Privacy("pseudonymous", b"k" * 32)
+    hidden = [{"source": key.source(it["source"]), "group": key.group(it["group"])} for it in items]
+    root = tmp_path / "root"
+    for it in items:
+        (root / it["source"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / it["source"]).write_bytes(b"x")
+    index.items, index.manifest = hidden, {"source": {"root": str(root)}}
+    assert select(index, key, sources=["train/a/*/*.png"]).tolist() == [True, True, False]  # matched on disk
+    assert select(index, key, groups=["Doe", hidden[1]["group"]]).tolist() == [True, True, False]
+    assert select(index, Privacy("pseudonymous"), groups=[hidden[2]["group"]]).tolist() == [False, False, True]
+    with pytest.raises(DataError, match="--group Doe matches no item"):
+        select(index, Privacy("pseudonymous"), groups=["Doe"])  # without the key only the pseudonym works
