@@ -75,6 +75,10 @@ def validate(cfg: DictConfig) -> None:
     if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
         raise ConfigError(f"lock_wait must be null (wait while the holder runs) or seconds >= 0, got {wait!r}")
     volume_spec(cfg)
+    if cfg.protocol.get("kind") in ("text", "zeroshot"):  # text protocols (cbmir.cell.text): a text tower is needed
+        from cbmir.models.text import require_text
+
+        require_text(cfg.model, f"protocol={cfg.protocol.kind}")
     StatsSettings.from_config(cfg.get("stats"))
     search_spec(cfg)
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():
@@ -297,7 +301,11 @@ def compute_cell(
         raise ConfigError(
             f"k={cfg.k} exceeds the {len(splits['database'])} database images of {cfg.dataset.name} at {cfg.size} px"
         )
-    backbone = build_backbone(cfg.model)
+    from cbmir.cell.text import TextEvaluator, text_kind  # hook: text protocols (joint-space image tower)
+    from cbmir.models.text import joint_model_cfg
+
+    text = text_kind(cfg)
+    backbone = build_backbone(joint_model_cfg(cfg.model) if text else cfg.model)
     spec = backbone.preprocess.as_dict()
     cache_root = Path(cfg.paths.output_dir) / "cache"
     origin = {role: splits[role].provenance for role in ROLE_SPLIT}  # own data: source files, groups, content
@@ -356,7 +364,7 @@ def compute_cell(
             search_spec=search_spec(cfg),
         )
         loggers = make_loggers(cfg, out, name=cell_name(cfg), group=group) if _rank() == 0 else []
-        evaluator = RetrievalEvaluator(cell, loggers)
+        evaluator = TextEvaluator(cell, loggers, cfg) if text else RetrievalEvaluator(cell, loggers)
         if todo:
             for role in todo:
                 targets[role].parent.mkdir(parents=True, exist_ok=True)
