@@ -144,7 +144,8 @@ def tokenizer_file(cfg_model: Any, name: str, *, repo: str | None = None, extra:
     for folder in extra:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
-    looked = [str(p) for p in places] + ([f"hub cache {repo}/{name}"] if repo else []) + [str(Path(f) / name) for f in extra]
+    looked = [str(p) for p in places] + ([f"hub cache {repo}/{name}"] if repo else [])
+    looked += [str(Path(f) / name) for f in extra]
     raise WeightsError(
         f"tokenizer file {name} of model {cfg_model.get('name')} not found; looked in: {'; '.join(looked)}. "
         f"Put the official file beside the weights file (model.weights)."
