@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbmir.errors import ConfigError, WeightsError
+from cbmir.models.common import plain
 from cbmir.models.text import TextTower, tokenizer_file
 from cbmir.models.weights import load_weights
 
@@ -105,7 +107,7 @@ class ConchTokenizer:
         self.tokenizer = Tokenizer.from_file(str(path))
         self.pad_id = self.tokenizer.token_to_id("<pad>")
         if self.pad_id is None:
-            raise ValueError(f"{path} has no <pad> token: not CONCH's tokenizer file")
+            raise WeightsError(f"{path} has no <pad> token: not CONCH's tokenizer file")
         self.tokenizer.enable_truncation(max_length=context - 1)
         self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token="<pad>", length=context - 1)
 
@@ -129,10 +131,17 @@ def _package_dirs() -> list[Path]:
     return [Path(p) / "open_clip_custom" / "tokenizers" for p in spec.submodule_search_locations]
 
 
+#: ``conch_ViT-B-16.json``'s text_cfg (``model.text.arch`` may override it, e.g. a tiny tower in tests)
+ARCH = {"context": CONTEXT, "vocab": 32007, "width": 768, "heads": 12, "layers": 12, "dim": 512}
+
+
 def load_conch_text(cfg: Any) -> TextTower:
-    name = str((cfg.get("text") or {}).get("tokenizer") or TOKENIZER_FILE)
-    path = tokenizer_file(cfg, name, extra=_package_dirs())
-    tokenizer = ConchTokenizer(path)
-    net, weights = load_weights(cfg, ConchText, conch_text_key_map)
+    block = plain(cfg.get("text")) or {}
+    arch = {**ARCH, **(block.get("arch") or {})}
+    if unknown := set(arch) - set(ARCH):
+        raise ConfigError(f"model.text.arch has unknown keys {sorted(unknown)}; known: {sorted(ARCH)}")
+    path = tokenizer_file(cfg, str(block.get("tokenizer") or TOKENIZER_FILE), extra=_package_dirs())
+    tokenizer = ConchTokenizer(path, context=int(arch["context"]))
+    net, weights = load_weights(cfg, lambda: ConchText(**{k: int(v) for k, v in arch.items()}), conch_text_key_map)
     identity = {"family": "conch", "text": "encode_text(normalize=True)", "tokenizer": path.name, "weights": weights}
-    return TextTower(net=net, tokenize=tokenizer, dim=512, identity=identity)
+    return TextTower(net=net, tokenize=tokenizer, dim=int(arch["dim"]), identity=identity)
