@@ -92,8 +92,11 @@ class TextEvaluator(RetrievalEvaluator):
 
     def class_embeddings(self, prompts: Prompts) -> tuple[np.ndarray, np.ndarray, dict]:
         """``(C, D)`` ensembles, ``(C, P, D)`` per-prompt embeddings, and the text tower's identity."""
+        import torch
+
         from cbmir.models.text import load_text_tower
 
+        torch.manual_seed(int(self.cfg.seed))  # random-weight towers (model.pretrained=false) are reproducible
         tower = load_text_tower(self.cfg.model)
         texts = prompt_texts(prompts.templates, prompts.classnames)
         flat = tower.encode([t for group in texts for t in group])
