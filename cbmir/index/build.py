@@ -173,6 +173,9 @@ def build_index(cfg: DictConfig) -> Path:
     if cfg.index.images:
         _copy_rows(partial / IMAGES, images, np.uint8)
     np.save(partial / PROBE, np.array(images[0][0]))
+    from cbmir.index.text_query import add_joint_vectors  # hook: text queries need the joint-space vectors
+
+    text = add_joint_vectors(cfg, partial, roles)
     faiss.write_index(flat_index(embeddings, cfg.protocol.metric), str(partial / FAISS_FILE))
 
     manifest = {
@@ -213,6 +216,7 @@ def build_index(cfg: DictConfig) -> Path:
             "metrics": result["metrics"],
             "cell": f"{result['protocol']}/{result['dataset']}/{result['size']}/{result['model']}",
         },
+        "text": text,
         "embedding_cache": {r: {"path": str(cache[r]), "sha256": sha256_file(cache[r])} for r in roles},
         "versions": versions(),
     }

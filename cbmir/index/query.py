@@ -89,7 +89,9 @@ def draw_gallery(path: Path, retriever: Retriever, answers: list[Answer]) -> Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cbmir query", description=__doc__.splitlines()[0])
     parser.add_argument("index", type=Path, help="an index folder (python -m cbmir.index build)")
-    parser.add_argument("images", type=Path, nargs="+", help="image files or folders of them")
+    parser.add_argument("images", type=Path, nargs="*", help="image files or folders of them")
+    parser.add_argument("--text", help="search by words (vision-language indexes; with images: a weighted mix)")
+    parser.add_argument("--text-weight", type=float, default=0.5, help="weight of --text beside an image (0.5)")
     parser.add_argument("-k", type=int, default=5, help="neighbours per query (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--gallery", type=Path, help="also draw the queries with their neighbours to this PNG")
@@ -98,30 +100,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index's files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[cbmir] %(message)s")
+    files = expand(args.images)
     try:
-        retriever = Retriever(args.index, model=args.model, check=not args.no_verify, device=args.device)
+        if args.text is not None:  # hook: query by words (cbmir.index.text_query)
+            from cbmir.index.text_query import TextRetriever, ask_all
+
+            retriever = TextRetriever(args.index, check=not args.no_verify, device=args.device)
+            answers, failed = ask_all(retriever, args.text, files, args.k, args.text_weight)
+        else:
+            retriever = Retriever(args.index, model=args.model, check=not args.no_verify, device=args.device)
     except CbmirError as exc:
         print(f"cbmir: error: {exc}", file=sys.stderr)
         return 2
-    files = expand(args.images)
-    if not files:
-        print("cbmir: error: no supported image among the given paths", file=sys.stderr)
+    if args.text is None and not files:
+        print("cbmir: error: no supported image among the given paths (or search by words: --text)", file=sys.stderr)
         return 2
-    answers, failed = [], 0
-    for path in files:
+    if args.text is None:
+        answers, failed = [], 0
+    for path in files if args.text is None else []:
         try:
             answers.append(retriever.query(str(path), path.read_bytes(), args.k))
         except (BadFile, OSError) as exc:
             failed += 1
             print(f"cbmir: error: {path}: {exc}", file=sys.stderr)
     m = retriever.manifest
+    metric = "cosine" if args.text is not None else m["metric"]  # text queries rank the joint vectors by cosine
     if args.json:
-        out = {"index": str(retriever.index.folder), "model": m["model"], "metric": m["metric"]}
+        out = {"index": str(retriever.index.folder), "model": m["model"], "metric": metric}
         print(json.dumps({**out, "results": [a.as_dict() for a in answers]}, indent=2))
     else:
         print(f"index {retriever.index.folder}: {m['model']} · {m['dataset']} · {m['size']} px · {m['n_items']} items")
         for answer in answers:
-            print(table(answer, m["metric"]))
+            print(table(answer, metric))
     if args.gallery and answers:
         log.warning("gallery written to %s", draw_gallery(args.gallery, retriever, answers))
     return 1 if failed else 0
