@@ -4,7 +4,7 @@ Tower (``conch/open_clip_custom/transformer.py::TextTransformer`` with ``conch_V
 token embedding (32007 × 768) + a learned ``cls_emb`` appended after the 127 text tokens, positional embedding
 (128 × 768), 12 pre-LN residual blocks (``nn.MultiheadAttention(768, 12)``, GELU MLP 3072), a causal mask plus
 upstream's CLS mask (the CLS row sees position 0 always and position j+1 where token j is not padding: upstream's
-off-by-one, kept), ``ln_final`` on the CLS output, ``@ text_projection`` (768 × 512), L2. That is
+off-by-one, kept; positions the CLS cannot see are skipped), ``ln_final`` on the CLS output, ``@ text_projection`` (768 × 512), L2. That is
 ``CoCa.encode_text(ids, normalize=True, embed_cls=True)``, which drops the last id to make room for the CLS.
 Keys: the checkpoint's ``text.*`` (the same ``pytorch_model.bin`` as the image tower), strict.
 
@@ -83,12 +83,18 @@ class ConchText(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         text = ids[:, :-1]  # embed_cls: the last position is the CLS token's
         b, n = text.shape
-        x = torch.cat([self.token_embedding(text), self.cls_emb.expand(b, 1, -1)], dim=1)
-        x = x + self.positional_embedding[: n + 1]
-        allowed = torch.ones(b, n + 1, n + 1, dtype=torch.bool, device=ids.device)
-        allowed[:, n, 1:] = text != self.pad_id
-        mask = torch.zeros(b, n + 1, n + 1, dtype=x.dtype, device=ids.device).masked_fill(~allowed, float("-inf"))
-        mask = mask + torch.full((n + 1, n + 1), float("-inf"), dtype=x.dtype, device=ids.device).triu(1)
+        real = text != self.pad_id
+        # The text is causal and the CLS sees keys 0..m (m = the longest text, its first padding included) and
+        # itself only when the text fills the context: every later position is masked out of what the CLS sees,
+        # so they are left out of the computation (a short prompt costs a few positions, not 128; same output).
+        m = min(n, int(real.sum(1).max()) + 1) if b else n
+        x = torch.cat([self.token_embedding(text[:, :m]), self.cls_emb.expand(b, 1, -1)], dim=1)
+        x = x + torch.cat([self.positional_embedding[:m], self.positional_embedding[n : n + 1]])
+        allowed = torch.ones(b, m + 1, m + 1, dtype=torch.bool, device=ids.device)
+        allowed[:, m, 1:m] = real[:, : m - 1]  # upstream's CLS row: key j+1 open where token j is text
+        allowed[:, m, m] = real[:, n - 1]  # the CLS itself only after a text that fills the context
+        mask = torch.zeros(b, m + 1, m + 1, dtype=x.dtype, device=ids.device).masked_fill(~allowed, float("-inf"))
+        mask = mask + torch.full((m + 1, m + 1), float("-inf"), dtype=x.dtype, device=ids.device).triu(1)
         mask = mask.repeat_interleave(self.heads, 0)
         x = x.transpose(0, 1)  # NLD -> LND
         for block in self.transformer.resblocks:

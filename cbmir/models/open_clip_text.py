@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cbmir.errors import WeightsError
@@ -29,7 +30,18 @@ class OpenClipText(nn.Module):
         self.model = model
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(ids, normalize=True)
+        m = self.model
+        if getattr(m, "text_pool_type", None) != "argmax" or getattr(m, "attn_mask", None) is None:
+            return m.encode_text(ids, normalize=True)
+        # CLIP's causal text tower pools the end token (the largest id): later positions cannot change it, so the
+        # batch is cut after its last end token (a short prompt costs a few positions, not 77; same output)
+        n = int(ids.argmax(dim=-1).max()) + 1
+        ids = ids[:, :n]
+        x = m.token_embedding(ids) + m.positional_embedding[:n]
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
+        x = x[torch.arange(len(ids)), ids.argmax(dim=-1)]
+        x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        return F.normalize(x, dim=-1)
 
 
 def load_open_clip_text(cfg: Any) -> TextTower:

@@ -104,7 +104,9 @@ def test_conch_text_tower_equals_reference_on_hand_built_ids():
         padded_more = ids.clone()
         padded_more[0, 5:7] = torch.tensor([3, 4])  # tokens where padding was: the output must change
         assert not torch.allclose(net(padded_more)[0], got[0])
+        short = net(ids[[0, 2]])  # no full-length row: the positions the CLS cannot see are skipped
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(short, expected[[0, 2]], rtol=0, atol=1e-6)
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(3))
 
 
@@ -132,6 +134,7 @@ def test_conch_text_loads_strictly_from_the_released_file_with_its_tokenizer(tmp
     with torch.no_grad():
         expected = F.normalize(seeded_reference()(official_tokenize(tokenizer_path, PHRASES)[:, :-1]), dim=-1)
     np.testing.assert_allclose(tower.encode(PHRASES, batch_size=2), expected.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(tower.encode(PHRASES[:4]), expected[:4].numpy(), rtol=0, atol=1e-6)  # trimmed batch
 
 
 def test_conch_text_refuses_a_missing_key_and_a_missing_tokenizer(tmp_path, tokenizer_path):
@@ -157,6 +160,7 @@ def test_open_clip_text_equals_encode_text_of_the_same_file(tmp_path):
             expected = model.encode_text(ids, normalize=True).numpy()
     assert tower.dim == 16 and ids.shape == (5, 77)
     np.testing.assert_allclose(tower.encode(PHRASES), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(tower.encode(PHRASES[:4]), expected[:4], rtol=0, atol=1e-6)  # cut after the end token
 
 
 def test_joint_space_image_settings_are_their_own_model_config():
