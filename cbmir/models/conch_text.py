@@ -4,7 +4,8 @@ Tower (``conch/open_clip_custom/transformer.py::TextTransformer`` with ``conch_V
 token embedding (32007 × 768) + a learned ``cls_emb`` appended after the 127 text tokens, positional embedding
 (128 × 768), 12 pre-LN residual blocks (``nn.MultiheadAttention(768, 12)``, GELU MLP 3072), a causal mask plus
 upstream's CLS mask (the CLS row sees position 0 always and position j+1 where token j is not padding: upstream's
-off-by-one, kept; positions the CLS cannot see are skipped), ``ln_final`` on the CLS output, ``@ text_projection`` (768 × 512), L2. That is
+off-by-one, kept; positions the CLS cannot see are skipped), ``ln_final`` on the CLS output,
+``@ text_projection`` (768 × 512), L2. That is
 ``CoCa.encode_text(ids, normalize=True, embed_cls=True)``, which drops the last id to make room for the CLS.
 Keys: the checkpoint's ``text.*`` (the same ``pytorch_model.bin`` as the image tower), strict.
 
