@@ -43,6 +43,7 @@ def text_retriever(clip_index):
 def test_the_index_stores_the_joint_space_vectors(clip_index, text_retriever):
     manifest = json.loads((clip_index / "manifest.json").read_text())
     assert JOINT_EMBEDDINGS in manifest["files"] and manifest["text"]["cell"].startswith("text/bloodmnist/28/")
+    assert (manifest["protocol"], manifest["metric"]) == ("paper", "l2")  # the study's index is untouched
     joint = np.load(clip_index / JOINT_EMBEDDINGS)
     study = np.load(clip_index / "embeddings.npy")
     np.testing.assert_allclose(np.linalg.norm(joint, axis=1), 1, rtol=1e-5)

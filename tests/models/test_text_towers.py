@@ -171,7 +171,13 @@ def test_joint_space_image_settings_are_their_own_model_config():
 
 
 @pytest.mark.parametrize(
-    ("name", "why"), [("biomedclip", "PubMedBERT"), ("medclip", "BioClinicalBERT"), ("medsiglip", "SigLIP")]
+    ("name", "why"),
+    [
+        ("biomedclip", "PubMedBERT"),
+        ("medclip", "BioClinicalBERT"),
+        ("medsiglip", "SigLIP"),
+        ("conch15", "image tower only"),
+    ],
 )
 def test_models_without_a_text_tower_say_so_in_one_line(name, why):
     with pytest.raises(NoTextTowerError) as err:
