@@ -75,10 +75,10 @@ def validate(cfg: DictConfig) -> None:
     if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
         raise ConfigError(f"lock_wait must be null (wait while the holder runs) or seconds >= 0, got {wait!r}")
     volume_spec(cfg)
-    if cfg.protocol.get("kind") in ("text", "zeroshot"):  # text protocols (cbmir.cell.text): a text tower is needed
-        from cbmir.models.text import require_text
+    if cfg.protocol.get("kind") in ("text", "zeroshot"):  # hook: text protocols (cbmir.cell.text)
+        from cbmir.cell.text import validate_text
 
-        require_text(cfg.model, f"protocol={cfg.protocol.kind}")
+        validate_text(cfg)
     StatsSettings.from_config(cfg.get("stats"))
     search_spec(cfg)
     if cfg.model.get("weights") and not Path(str(cfg.model.weights)).expanduser().exists():

@@ -41,6 +41,16 @@ def text_kind(cfg: Any) -> str | None:
     return kind if kind in TEXT_KINDS else None
 
 
+def validate_text(cfg: Any) -> None:
+    """Before anything is built: a text tower, and an image embedding that can live in its space."""
+    require_text(cfg.model, f"protocol={cfg.protocol.get('kind')}")
+    if cfg.dataset.get("dims", 2) == 3 and cfg.dataset.get("aggregate", "concat") == "concat":
+        raise ConfigError(
+            "text protocols compare a volume's embedding with a text's: use dataset.aggregate=mean or max "
+            "(concat joins the slices' vectors into one that is no longer in the text space)"
+        )
+
+
 @dataclass(frozen=True)
 class Prompts:
     """The prompts of a cell: templates (with ``CLASSNAME``) and each class's names (one or more synonyms)."""
@@ -116,6 +126,8 @@ class TextEvaluator(RetrievalEvaluator):
         prompts = resolve_prompts(self.cfg, c.class_names, n_classes)
         t0 = time.perf_counter()
         classes, per_prompt, text_identity = self.class_embeddings(prompts)
+        if classes.shape[1] != database.shape[1]:
+            raise ConfigError(f"text embeddings are {classes.shape[1]}-d, the images' {database.shape[1]}-d")
         text_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.kind == "text":

@@ -104,3 +104,8 @@ def test_prompts_from_the_command_line_are_used_and_recorded(text_cfg):
 def test_a_model_without_text_tower_is_refused_before_anything_is_built(cell_cfg):
     with pytest.raises(NoTextTowerError, match=r"^model tiny_resnet has no text tower in cbmir; protocol=text needs"):
         run_cell(cell_cfg("protocol=text"))
+
+
+def test_a_concatenated_volume_is_refused_for_text(text_cfg):
+    with pytest.raises(ConfigError, match="use dataset.aggregate=mean or max"):
+        run_cell(text_cfg("protocol=zeroshot", "dataset=adrenalmnist3d"))
