@@ -109,3 +109,31 @@ def test_a_model_without_text_tower_is_refused_before_anything_is_built(cell_cfg
 def test_a_concatenated_volume_is_refused_for_text(text_cfg):
     with pytest.raises(ConfigError, match="use dataset.aggregate=mean or max"):
         run_cell(text_cfg("protocol=zeroshot", "dataset=adrenalmnist3d"))
+
+
+@pytest.mark.slow  # CONCH's full image tower at 448 px on 2 CPU cores
+def test_conch_cells_run_from_a_released_layout_file(compose, data_dir, tmp_path):
+    """Both text protocols with CONCH: seeded visual.* in the released layout (tests/golden/conch_keys.json) plus a
+    small seeded text tower (model.text.arch) and a CONCH-layout tokenizer file beside the weights."""
+    import json
+
+    from tests.helpers.config import GOLDEN
+    from tests.helpers.golden_recipe import recipe
+    from tests.helpers.text_fixtures import conch_layout_tokenizer
+    from tests.models.test_text_towers import TINY, seeded_reference
+
+    sd = recipe().seeded_state_dict(json.loads((GOLDEN / "conch_keys.json").read_text()))
+    sd |= {f"text.{k}": v for k, v in seeded_reference(dim=512).state_dict().items()}  # CONCH's joint width
+    torch_save = __import__("torch").save
+    torch_save(sd, tmp_path / "pytorch_model.bin")
+    conch_layout_tokenizer(tmp_path / "conch_byte_level_bpe_uncased.json")
+    arch = ",".join(f"{k}:{v}" for k, v in {**TINY, "dim": 512}.items())
+    over = ["model=conch", f"model.weights={tmp_path / 'pytorch_model.bin'}", f"+model.text.arch={{{arch}}}"]
+    for protocol in ("text", "zeroshot"):
+        cfg = compose(base_overrides(data_dir, tmp_path / "out", tiny=False) + over + [f"protocol={protocol}"])
+        result = run_cell(cfg)
+        assert result["text_tower"]["tokenizer"] == "conch_byte_level_bpe_uncased.json"
+        queries = 2 if protocol == "text" else len(np.load(f"{data_dir}/breastmnist.npz")["test_labels"])
+        assert len(result["prompts"]["templates"]) == 22 and result["n_queries"] == queries
+        assert result["cached"] == {"database": protocol == "zeroshot", "query": protocol == "zeroshot"}
+        assert result["config"]["model"]["proj_contrast"] is False  # the study's config; the joint tower is built

@@ -68,7 +68,7 @@ def test_conch_tokenizer_equals_the_official_call(tokenizer_path):
     assert torch.equal(*ConchTokenizer(tokenizer_path)(["NAÏVE CAFÉ", "naive cafe"]))
 
 
-def seeded_reference(seed: int = 0):
+def seeded_reference(seed: int = 0, dim: int = TINY["dim"]):
     """open_clip's TextTransformer in CONCH's configuration (context 127 + CLS = 128 positions), all weights random."""
     from open_clip.transformer import TextTransformer
 
@@ -79,7 +79,7 @@ def seeded_reference(seed: int = 0):
         width=TINY["width"],
         heads=TINY["heads"],
         layers=TINY["layers"],
-        output_dim=TINY["dim"],
+        output_dim=dim,
         embed_cls=True,
         pad_id=0,
         pool_type="last",
