@@ -117,6 +117,8 @@ def test_conch_cells_run_from_a_released_layout_file(compose, data_dir, tmp_path
     small seeded text tower (model.text.arch) and a CONCH-layout tokenizer file beside the weights."""
     import json
 
+    import torch
+
     from tests.helpers.config import GOLDEN
     from tests.helpers.golden_recipe import recipe
     from tests.helpers.text_fixtures import conch_layout_tokenizer
@@ -124,8 +126,7 @@ def test_conch_cells_run_from_a_released_layout_file(compose, data_dir, tmp_path
 
     sd = recipe().seeded_state_dict(json.loads((GOLDEN / "conch_keys.json").read_text()))
     sd |= {f"text.{k}": v for k, v in seeded_reference(dim=512).state_dict().items()}  # CONCH's joint width
-    torch_save = __import__("torch").save
-    torch_save(sd, tmp_path / "pytorch_model.bin")
+    torch.save(sd, tmp_path / "pytorch_model.bin")
     conch_layout_tokenizer(tmp_path / "conch_byte_level_bpe_uncased.json")
     arch = ",".join(f"{k}:{v}" for k, v in {**TINY, "dim": 512}.items())
     over = ["model=conch", f"model.weights={tmp_path / 'pytorch_model.bin'}", f"+model.text.arch={{{arch}}}"]
