@@ -34,6 +34,7 @@ from cbmir.models.common import plain
 TEXT_FAMILIES: dict[str, str] = {
     "conch": "conch_text:load_conch_text",  # CONCH v1's CoCa text encoder + its byte-level BPE tokenizer
     "open_clip": "open_clip_text:load_open_clip_text",  # any open_clip model's encode_text + open_clip's tokenizer
+    "biomedclip": "biomedclip_text:load_biomedclip_text",  # PubMedBERT + MLP projection, open_clip's HFTokenizer
 }
 
 #: the placeholder of a prompt template

@@ -27,7 +27,7 @@ PHRASES = [
     "Pleural effusion (left > right); Gleason 4+3=7, grade group 3.",
     "Naïve café-au-lait macules, 10 µm, ÉPITHÉLIUM — 2.5 cm",
     "CLASSNAME is present.",
-    " ".join(["lymphocytes and mucus"] * 60),
+    " ".join(["lymphocytes and mucus"] * 100),
 ]
 TINY = {"context": 128, "vocab": 400, "width": 32, "heads": 4, "layers": 2, "dim": 24}
 
@@ -173,7 +173,6 @@ def test_joint_space_image_settings_are_their_own_model_config():
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("biomedclip", "PubMedBERT"),
         ("medclip", "BioClinicalBERT"),
         ("medsiglip", "SigLIP"),
         ("conch15", "image tower only"),
@@ -186,3 +185,48 @@ def test_models_without_a_text_tower_say_so_in_one_line(name, why):
     assert "\n" not in message and why in message and message.startswith(f"model {name} has no text tower")
     with pytest.raises(NoTextTowerError, match="model resnet50 has no text tower in cbmir; text query needs"):
         require_text(model_cfg("resnet50"), "text query")
+
+
+TINY_BERT = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 256,
+}
+BERT_WORDS = (
+    "an h & e image of prostate adeno ##carcinoma pleural effusion . , ( ) ; 4 + 3 = 7 naive cafe 10 lymphocytes and "
+    "mucus classname is present grade group left > right gleason - au lait macules"
+).split()
+
+
+def test_biomedclip_text_equals_open_clip_hf_text_encoder(tmp_path):
+    """BiomedCLIP's released layout (text.transformer.*, text.proj.*) against open_clip's own HFTextEncoder, with a
+    tiny BERT vocabulary (the official vocab.txt is not installed) read by open_clip's HFTokenizer."""
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.tokenizer import HFTokenizer
+    from transformers import BertConfig
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true}')
+    torch.manual_seed(4)
+    config = BertConfig(**TINY_BERT, pad_token_id=0)
+    ref = HFTextEncoder("bert", 512, config=config, pooler_type="cls_last_hidden_state_pooler", proj_type="mlp")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    sd = {f"text.{k}": v for k, v in ref.state_dict().items() if ".pooler." not in k}  # no pooling layer upstream
+    sd["text.transformer.embeddings.position_ids"] = torch.arange(256)[None]  # what transformers 4.2x stored
+    sd["visual.head.proj.weight"] = torch.randn(512, 768)
+    torch.save(sd, tmp_path / "open_clip_pytorch_model.bin")
+    cfg = model_cfg("biomedclip", weights=str(tmp_path / "open_clip_pytorch_model.bin"), text={"arch": TINY_BERT})
+    tower = load_text_tower(cfg)
+    ids = HFTokenizer(str(tmp_path), context_length=256, clean="whitespace")(PHRASES)
+    assert ids.shape == (5, 256) and (ids[:, 0] == 2).all()  # [CLS] first
+    assert ids[4, 255] == 3 and (ids[0] == 0).sum() > 200  # over-long: [SEP] kept at the end; short: [PAD]s
+    assert torch.equal(tower.tokenize(PHRASES), ids)
+    with torch.no_grad():
+        expected = F.normalize(ref.eval()(ids), dim=-1).numpy()
+    np.testing.assert_allclose(tower.encode(PHRASES), expected, rtol=0, atol=1e-5)
+    assert joint_model_cfg(cfg).normalize is True  # BiomedCLIP's study embedding is already the joint space
