@@ -119,6 +119,18 @@ def check_launcher(name: str, cfg: DictConfig) -> None:
     assert big.mem_gb == 64 and big.timeout_min == 480  # read from the model's resources
 
 
+def check_prompts(name: str, cfg: DictConfig) -> None:
+    from cbmir.cell.spec import build_spec
+    from cbmir.cell.text import resolve_prompts
+
+    assert cfg.prompts.templates is None and cfg.prompts.classnames is None  # the authors' and the dataset's
+    conch = compose_config([f"prompts={name}", "model=conch", "dataset=pathmnist", "protocol=zeroshot"])
+    spec = build_spec(conch)
+    prompts = resolve_prompts(spec.model, spec.prompts, str(spec.protocol.kind), {"0": "adipose", "1": "mucus"}, 2)
+    assert len(prompts.templates) == 22 and prompts.templates[-1] == "CLASSNAME, H&E."
+    assert prompts.classnames == (("adipose",), ("mucus",))
+
+
 #: One check per config group; a new group fails until it has one.
 CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
     "model": check_model,
@@ -130,6 +142,7 @@ CHECKS: dict[str, Callable[[str, DictConfig], None]] = {
     "paths": check_paths,
     "stats": check_stats,
     "search": check_search,
+    "prompts": check_prompts,
     "hydra/launcher": check_launcher,
 }
 

@@ -1,4 +1,5 @@
-"""The Lightning side of a cell's evaluation: a thin callback around :class:`cbmir.cell.evaluate.Evaluation`."""
+"""The Lightning side of a cell's evaluation: a thin callback around an :class:`cbmir.cell.evaluate.Evaluation`
+(or the text protocols' :class:`cbmir.cell.text.TextEvaluation`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from cbmir.cell.evaluate import CellResult, Evaluation
+from cbmir.cell.evaluate import Evaluation
 
 
 class RetrievalEvaluator(Callback):
@@ -16,9 +17,9 @@ class RetrievalEvaluator(Callback):
     :meth:`evaluate` runs the same evaluation directly when every embedding came from the cache.
     """
 
-    def __init__(self, cell: CellResult, loggers: list | None = None):
+    def __init__(self, evaluation: Evaluation):
         super().__init__()
-        self.evaluation = Evaluation(cell, loggers)
+        self.evaluation = evaluation
         self._t0: float | None = None
 
     @property

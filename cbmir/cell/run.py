@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from cbmir.cell.callback import RetrievalEvaluator
-from cbmir.cell.evaluate import CellResult
+from cbmir.cell.evaluate import CellResult, Evaluation
 from cbmir.cell.loggers import close_loggers, make_loggers
 from cbmir.cell.spec import CellSpec, TrainerSpec, build_spec
 from cbmir.cell.store import EmbeddingWriter, cache_path, entry_problem, reusable
@@ -236,7 +236,11 @@ def compute_cell(
         raise ConfigError(
             f"k={cell.k} exceeds the {len(splits['database'])} database images of {cell.dataset.name} at {cell.size} px"
         )
-    backbone = build_backbone(cell.model)
+    from cbmir.cell.text import TextEvaluation, text_kind  # text protocols: the joint-space image tower
+    from cbmir.models.text import joint_model_cfg
+
+    text = text_kind(cell)
+    backbone = build_backbone(joint_model_cfg(cell.model) if text else cell.model)
     spec = backbone.preprocess.as_dict()
     cache_root = cell.cache_dir
     origin = {role: splits[role].provenance for role in ROLE_SPLIT}  # own data: source files, groups, content
@@ -295,7 +299,8 @@ def compute_cell(
             search_spec=cell.search,
         )
         loggers = make_loggers(cell, group=group) if _rank() == 0 else []
-        evaluator = RetrievalEvaluator(result, loggers)
+        evaluation = TextEvaluation(result, loggers, cell) if text else Evaluation(result, loggers)
+        evaluator = RetrievalEvaluator(evaluation)
         if todo:
             for role in todo:
                 targets[role].parent.mkdir(parents=True, exist_ok=True)

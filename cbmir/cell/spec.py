@@ -24,6 +24,8 @@ from cbmir.stats.bootstrap import StatsSettings
 
 AGGREGATES = ("concat", "mean", "max")
 PLANES = ("axial", "tri")
+#: ``protocol.kind`` of the text protocols (cbmir.cell.text)
+TEXT_KINDS = ("text", "zeroshot")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class ProtocolSpec:
     standard_metrics: bool
     min_source_size: int | None
     exclude_same_group: bool
+    #: ``text`` (text → image) or ``zeroshot`` (image → text) for the text protocols, ``None`` for image retrieval
+    kind: str | None = None
+    #: zero-shot ranks reported (``protocol.top_k``) and the text protocol's bootstrap resamples
+    top_k: tuple[int, ...] = (1, 3, 5)
+    resamples: int = 1000
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class CellSpec:
     use_cache: bool
     lock_wait: float | None
     gallery: bool
+    #: the ``prompts`` group (text protocols): templates and class names, as plain containers
+    prompts: dict[str, Any]
     #: the ``logger`` group and the resolved config (secrets still in: redacted wherever it is written)
     logger: dict[str, Any] = field(repr=False)
     config: dict[str, Any] = field(repr=False)
@@ -138,6 +147,14 @@ def _protocol(cfg: DictConfig, facts: Any) -> ProtocolSpec:
     exclude = bool(p.get("exclude_same_group", False))
     if exclude and facts.kind == "medmnist":
         raise ConfigError("protocol.exclude_same_group needs groups (patients): own data (dataset=folder|manifest)")
+    kind = p.get("kind")
+    if kind not in (None, *TEXT_KINDS):
+        raise ConfigError(f"protocol.kind must be one of {list(TEXT_KINDS)} or absent (image retrieval), got {kind!r}")
+    top_k = p.get("top_k", [1, 3, 5])
+    if not top_k or any(isinstance(j, bool) or not isinstance(j, int) or j < 1 for j in top_k):
+        raise ConfigError(f"protocol.top_k must be a list of positive integers, got {top_k!r}")
+    if kind is not None:
+        _check_text(cfg, kind)
     return ProtocolSpec(
         name=str(p.name),
         id=protocol_id(cfg),
@@ -146,7 +163,22 @@ def _protocol(cfg: DictConfig, facts: Any) -> ProtocolSpec:
         standard_metrics=bool(p.get("standard_metrics", False)),
         min_source_size=p.get("min_source_size"),
         exclude_same_group=exclude,
+        kind=kind,
+        top_k=tuple(int(j) for j in top_k),
+        resamples=_int(p.get("resamples", 1000), "protocol.resamples", 1),
     )
+
+
+def _check_text(cfg: DictConfig, kind: str) -> None:
+    """A text protocol needs a text tower and an image embedding that lives in its space."""
+    from cbmir.models.text import require_text  # torch-free: the towers are built later
+
+    require_text(cfg.model, f"protocol={kind}")
+    if cfg.dataset.get("dims", 2) == 3 and cfg.dataset.get("aggregate", "concat") == "concat":
+        raise ConfigError(
+            "text protocols compare a volume's embedding with a text's: use dataset.aggregate=mean or max "
+            "(concat joins the slices' vectors into one that is no longer in the text space)"
+        )
 
 
 def _check_model(cfg: DictConfig) -> None:
@@ -218,6 +250,7 @@ def build_spec(cfg: DictConfig) -> CellSpec:
         use_cache=bool(cfg.use_cache),
         lock_wait=None if wait is None else float(wait),
         gallery=bool(cfg.gallery),
+        prompts=OmegaConf.to_container(cfg.prompts, resolve=True) if cfg.get("prompts") else {},  # type: ignore[arg-type]
         logger=OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {},  # type: ignore[arg-type]
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )

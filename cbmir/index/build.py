@@ -126,6 +126,7 @@ def build_index(cfg: DictConfig) -> Path:
     from cbmir.data import ROLE_SPLIT, dataset_facts, open_split
     from cbmir.index.files import sha256_file
     from cbmir.index.retrieve import QueryEmbedder
+    from cbmir.index.text_query import joint_embedder, joint_vectors, record_probe
     from cbmir.search.exact import flat_index
 
     check_index_settings(cfg)
@@ -227,6 +228,10 @@ def build_index(cfg: DictConfig) -> Path:
     embedder.check(np.asarray(images[0][0]), np.asarray(embeddings[0].source[0]))
     probe = synthetic_probe(tuple(sample.shape[1:]))
     manifest["probe_embedding"] = embedder.embed(probe[None])[0].tolist()
+    text, joint = joint_vectors(cfg, roles)  # vision-language models: the vectors that text queries search
+    if joint is not None:
+        text = record_probe(text, joint_embedder({**manifest, "text": text}), probe, (images[0][0], joint[0]))
+    manifest["text"] = text
     content = Content(
         embeddings=embeddings,
         labels=labels,
@@ -236,6 +241,7 @@ def build_index(cfg: DictConfig) -> Path:
         probe=probe,
         manifest={**manifest, "history": [{"change": "build", "at": manifest["created"], "items": len(items)}]},
         faiss_index=lambda vectors: flat_index(np.asarray(vectors), cfg.protocol.metric),
+        joint=None if joint is None else [Rows(joint)],
     )
     if cfg.index.faiss != "Flat":
         _approximate(content, str(cfg.index.faiss), int(cfg.index.nprobe), int(cfg.seed))

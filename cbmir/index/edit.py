@@ -256,6 +256,12 @@ def add_items(
             manifest={**manifest, **probe_record},
             faiss_index=_flat(m["metric"]),
         )
+        if index.joint is not None:  # text queries: the new items' joint image-text vectors too
+            from cbmir.index.text_query import embed_joint, joint_embedder
+
+            joint = joint_embedder(m, device=device)
+            joint.check(index.probe, np.asarray(m["text"]["probe_embedding"], dtype=np.float32))
+            content.joint = [Rows(index.joint), Rows(embed_joint(joint, pixels, batch_size))]
         if index.ids is not None:
             new_ids = index.ids[-1] + 1 + np.arange(len(new), dtype=np.int64)
             _approximate(content, index, np.concatenate([index.ids, new_ids]),
@@ -323,6 +329,7 @@ def remove_items(
             probe=probe,
             manifest={**_updated(m, items, change), **probe_record},
             faiss_index=_flat(m["metric"]),
+            joint=None if index.joint is None else [Rows(index.joint, kept)],
         )
         if index.ids is not None:
             _approximate(content, index, index.ids[kept], lambda _: approx.removed(index.faiss_index, index.ids[mask]))

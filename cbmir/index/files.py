@@ -42,6 +42,7 @@ THUMBS = "thumbs.npy"
 IMAGES = "images.npy"
 PROBE = "probe.npy"
 IDS = "ids.npy"  # an approximate index's FAISS ids, one per row, ascending
+JOINT = "joint.npy"  # vision-language models: the items' unit joint image-text vectors (text queries)
 ITEM_COLUMNS = ("row", "split", "position", "source", "label", "label_name", "group", "withheld")
 REQUIRED = (FAISS_FILE, EMBEDDINGS, LABELS, ITEMS, THUMBS, PROBE)
 #: Columns whose values come from users (file and folder names, manifest columns, class names).
@@ -258,6 +259,7 @@ class IndexFolder:
     probe: np.ndarray  # pixels that the model must embed to ``probe_vector``
     root: Path | None = None  # the index folder holding the generations (None: an old single-folder index)
     ids: np.ndarray | None = None  # FAISS ids of the rows (approximate indexes); None: the ids are the rows
+    joint: RowFile | None = None  # float32 (N, e) joint image-text vectors; None: no text queries
 
     def __len__(self) -> int:
         return len(self.items)
@@ -288,6 +290,7 @@ def _check_shapes(folder: Path, manifest: dict, arrays: dict[str, Any], faiss_in
         wrong.append(f"width {faiss_index.d}/{emb.shape[1:]}, the manifest says {dim}")
     expected = {EMBEDDINGS: (np.float32, "float32"), LABELS: (np.integer, "integer"), THUMBS: (np.uint8, "uint8")}
     expected[IMAGES] = (np.uint8, "uint8")
+    expected[JOINT] = (np.float32, "float32")
     for name, (kind, text) in expected.items():
         if name in arrays and not np.issubdtype(arrays[name].dtype, kind):
             wrong.append(f"{name}: dtype {arrays[name].dtype}, expected {text}")
@@ -308,6 +311,8 @@ def open_index(folder: str | Path, *, check: bool = True) -> IndexFolder:
     arrays[LABELS] = load_array(generation / LABELS)
     if IMAGES in manifest["files"]:
         arrays[IMAGES] = RowFile(generation / IMAGES)
+    if JOINT in manifest["files"]:
+        arrays[JOINT] = RowFile(generation / JOINT)
     items = read_items(generation / ITEMS)
     ids = load_array(generation / IDS) if IDS in manifest["files"] else None
     if ids is not None:
@@ -327,4 +332,5 @@ def open_index(folder: str | Path, *, check: bool = True) -> IndexFolder:
         load_array(generation / PROBE),
         root if generation != root else None,
         ids,
+        arrays.get(JOINT),
     )

@@ -90,10 +90,24 @@ def draw_gallery(path: Path, retriever: Retriever, answers: list[Answer]) -> Pat
     return save_gallery(gallery, path)
 
 
+def query_all(retriever: Retriever, files: list[Path], k: int, where: dict) -> tuple[list, int]:
+    """Each file (or series folder) in turn; a file that cannot be searched is one error line, the rest go on."""
+    answers, failed = [], 0
+    for path in files:
+        try:
+            answers.append(retriever.query(str(path), None if path.is_dir() else path.read_bytes(), k, where))
+        except (BadFile, OSError, CbmirError) as exc:
+            failed += 1
+            print(f"cbmir: error: {path}: {exc}", file=sys.stderr)
+    return answers, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cbmir query", description=__doc__.splitlines()[0])
     parser.add_argument("index", type=Path, help="an index folder (python -m cbmir.index build)")
-    parser.add_argument("images", type=Path, nargs="+", help="image files or folders of them")
+    parser.add_argument("images", type=Path, nargs="*", help="image files or folders of them")
+    parser.add_argument("--text", help="search by words (vision-language indexes; with images: a weighted mix)")
+    parser.add_argument("--text-weight", type=float, default=0.5, help="weight of --text beside an image (0.5)")
     parser.add_argument("-k", type=int, default=5, help="neighbours per query (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--gallery", type=Path, help="also draw the queries with their neighbours to this PNG")
@@ -106,33 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[cbmir] %(message)s")
+    files = expand(args.images)
+    if args.text is None and not files:
+        print("cbmir: error: no supported image among the given paths (or search by words: --text)", file=sys.stderr)
+        return 2
     try:
         where = parse_where(args.where)
-        retriever = Retriever(args.index, model=args.model, check=not args.no_verify, device=args.device)
-        retriever.allowed(where)
+        if args.text is not None:  # query by words (cbmir.index.text_query)
+            from cbmir.index.text_query import TextRetriever, ask_all
+
+            retriever = TextRetriever(args.index, check=not args.no_verify, device=args.device)
+            answers, failed = ask_all(retriever, args.text, files, args.k, args.text_weight, where)
+        else:
+            retriever = Retriever(args.index, model=args.model, check=not args.no_verify, device=args.device)
+            retriever.allowed(where)
+            answers, failed = query_all(retriever, files, args.k, where)
     except CbmirError as exc:
         print(f"cbmir: error: {exc}", file=sys.stderr)
         return 2
-    files = expand(args.images)
-    if not files:
-        print("cbmir: error: no supported image among the given paths", file=sys.stderr)
-        return 2
-    answers, failed = [], 0
-    for path in files:
-        try:
-            answers.append(retriever.query(str(path), None if path.is_dir() else path.read_bytes(), args.k, where))
-        except (BadFile, OSError, CbmirError) as exc:
-            failed += 1
-            print(f"cbmir: error: {path}: {exc}", file=sys.stderr)
     m = retriever.manifest
+    metric = "cosine" if args.text is not None else m["metric"]  # text queries rank the joint vectors by cosine
     if args.json:
-        out = {"index": str(retriever.index.root or retriever.index.folder), "model": m["model"], "metric": m["metric"]}
+        out = {"index": str(retriever.index.root or retriever.index.folder), "model": m["model"], "metric": metric}
         print(json.dumps({**out, "results": [a.as_dict() for a in answers]}, indent=2))
     else:
         where_to = retriever.index.root or retriever.index.folder
         print(f"index {where_to}: {m['model']} · {m['dataset']} · {m['size']} px · {m['n_items']} items")
         for answer in answers:
-            print(table(answer, m["metric"]))
+            print(table(answer, metric))
     if args.gallery and answers:
         log.warning("gallery written to %s", draw_gallery(args.gallery, retriever, answers))
     return 1 if failed else 0

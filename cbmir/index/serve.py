@@ -12,11 +12,13 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from cbmir.errors import CbmirError, ConfigError
 from cbmir.index.server.app import ServeOptions, accepted_suffixes, create_app, png
 from cbmir.index.server.auth import is_loopback, read_token_file
+from cbmir.index.server.live import Served
 
 __all__ = ["accepted_suffixes", "create_app", "main", "png", "parser", "check_options"]
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=DEFAULTS.k, help="neighbours shown (default 5)")
     p.add_argument("--device", help="torch device for the query model (default: cuda if available, else cpu)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index's files")
+    p.add_argument("--no-text", action="store_true", help="no search by words, even for a vision-language index")
     g = p.add_argument_group("untrusted uploads")
     g.add_argument("--max-upload-mb", type=float, default=DEFAULTS.max_upload_mb, help="largest upload (20)")
     g.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels, help="largest 2D image decoded (40 Mpx)")
@@ -94,21 +97,36 @@ def check_options(args: argparse.Namespace) -> ServeOptions:
     )
 
 
+def open_served(folder: Path, *, check: bool, device: str | None, text: bool = True) -> Served:
+    """One generation opened for serving: the image retriever, and the text retriever over the same files when the
+    index holds joint image-text vectors (vision-language models) and ``text`` is on."""
+    from cbmir.index.retrieve import Retriever
+    from cbmir.index.text_query import TextRetriever, text_missing
+
+    retriever = Retriever(folder, check=check, device=device)
+    if not text:
+        return Served(retriever, None, None, "this server was started with --no-text")
+    missing = text_missing(retriever.index)
+    if missing is not None:
+        return Served(retriever, None, None, f"this index cannot answer text queries: {missing}")
+    return Served(retriever, None, TextRetriever(retriever.index, device=device), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[cbmir] %(message)s")
     try:
         options = check_options(args)
-        from cbmir.index.retrieve import Retriever
-        from cbmir.index.server.live import Live, Served, pointer
+        from cbmir.index.server.live import Live, pointer
 
-        def opener(folder: Path) -> Retriever:
-            return Retriever(folder, check=not args.no_verify, device=args.device)
+        def opener(folder: Path) -> Served:
+            return open_served(folder, check=not args.no_verify, device=args.device, text=not args.no_text)
 
         root = args.index.expanduser().resolve()
-        retriever = opener(root)
-        generation = getattr(retriever.index, "generation", None) or pointer(root)
-        live = Live(Served(retriever, generation), root=root, opener=opener, interval=args.reload_interval)
+        first = opener(root)
+        retriever = first.retriever
+        first = replace(first, generation=getattr(retriever.index, "generation", None) or pointer(root))
+        live = Live(first, root=root, opener=opener, interval=args.reload_interval)
         app = create_app(live, options)
     except CbmirError as exc:
         print(f"cbmir: error: {exc}", file=sys.stderr)

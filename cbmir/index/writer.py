@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cbmir.index.files import EMBEDDINGS, FAISS_FILE, IMAGES, ITEMS, LABELS, PROBE, THUMBS, seal, write_items
+from cbmir.index.files import EMBEDDINGS, FAISS_FILE, IMAGES, ITEMS, JOINT, LABELS, PROBE, THUMBS, seal, write_items
 from cbmir.index.generations import commit, next_partial
 from cbmir.index.privacy import Privacy
 from cbmir.safety import faults
@@ -123,6 +123,7 @@ class Content:
     faiss_index: Callable[[np.ndarray], Any]  # embeddings (memory-mapped) → the FAISS index to write
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # more arrays by file name (an IVF index's ids)
     describe: Callable[[Any, np.ndarray], dict] | None = None  # (FAISS index, embeddings) → manifest entries
+    joint: list[Rows] | None = None  # joint image-text vectors (vision-language models' text queries)
 
 
 def write_generation(root: Path, content: Content, keep: int) -> Path:
@@ -139,6 +140,8 @@ def write_generation(root: Path, content: Content, keep: int) -> Path:
     if content.images is not None:
         copy_rows(partial / IMAGES, content.images, np.uint8)
     np.save(partial / PROBE, content.probe)
+    if content.joint is not None:
+        copy_rows(partial / JOINT, content.joint, np.float32)
     for name, array in content.extra.items():
         np.save(partial / name, array)
     embeddings = np.load(partial / EMBEDDINGS, mmap_mode="r", allow_pickle=False)

@@ -8,6 +8,9 @@ Written with :func:`numpy.savez` (no pickle; load with ``allow_pickle=False``). 
   named like it (``mAP@5``, ``ACC@1``, ``MAP@R``, …), in percent: its mean *is* the headline.
   The ``_macro`` variants are not per-query; :func:`cbmir.metrics.retrieval.summarize` rebuilds them
   from these arrays and ``label``.
+* side arrays whose name holds a ``:`` (the text protocols: ``prompt:MAP@R`` (C, P), one score per class and
+  prompt in percent; ``pred:class`` (Q,), zero-shot's top class), stored verbatim; :func:`read_per_query`
+  leaves them out of the scores.
 
 Results written before this file existed can be rescored with :func:`recompute_per_query`
 from neighbors.npy and the labels (and, for MAP@R / R-precision, the cached embeddings).
@@ -29,10 +32,19 @@ FILE_NAME = "per_query.npz"
 _RESERVED = ("query_index", "label")
 
 
-def write_per_query(out_dir: Path, scores: Mapping[str, np.ndarray], query_labels: np.ndarray) -> Path:
-    """Atomically write ``per_query.npz`` (scores given in [0, 1], stored in percent)."""
+def write_per_query(
+    out_dir: Path,
+    scores: Mapping[str, np.ndarray],
+    query_labels: np.ndarray,
+    *,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Atomically write ``per_query.npz`` (scores given in [0, 1], stored in percent; ``extra`` verbatim)."""
     labels = np.asarray(query_labels).reshape(len(query_labels), -1).astype(np.int64)
     arrays = {name: 100.0 * np.asarray(v, dtype=np.float64) for name, v in scores.items()}
+    if bad := [name for name in extra or {} if ":" not in name]:
+        raise ValueError(f"side arrays {bad} need a ':' in their name")
+    arrays |= {name: np.asarray(v) for name, v in (extra or {}).items()}
     if clash := set(arrays) & set(_RESERVED):
         raise ValueError(f"metric names {sorted(clash)} collide with the file's own arrays")
     path = Path(out_dir) / FILE_NAME
@@ -49,7 +61,7 @@ def read_per_query(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.nd
     if path.is_dir():
         path = path / FILE_NAME
     with np.load(path, allow_pickle=False) as f:
-        scores = {name: f[name] for name in f.files if name not in _RESERVED}
+        scores = {name: f[name] for name in f.files if name not in _RESERVED and ":" not in name}
         return scores, f["query_index"], f["label"]
 
 

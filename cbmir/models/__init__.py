@@ -18,6 +18,13 @@ _NAMES = {
 __all__ = list(_NAMES)
 
 
+def plain(value: Any) -> Any:
+    """An OmegaConf node (or anything) as plain Python containers, for identities and kwargs (torch-free)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def __getattr__(name: str) -> Any:
     if name in _NAMES:
         return getattr(importlib.import_module(_NAMES[name]), name)

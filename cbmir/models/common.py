@@ -10,19 +10,8 @@ import torch
 from torch import nn
 
 from cbmir.errors import ConfigError
+from cbmir.models import plain  # noqa: F401  (re-exported: the families import it from here)
 from cbmir.models.base import Preprocess
-
-
-def plain(value: Any) -> Any:
-    """An OmegaConf node (or anything) as plain Python containers, for identities and kwargs."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
 
 
 class CenterCrop(nn.Module):

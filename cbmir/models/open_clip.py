@@ -131,7 +131,8 @@ def _build_from_hub_config(cfg: Any, repo: str, revision: str | None) -> tuple[n
     return model, pcfg, source
 
 
-def load_open_clip(cfg: Any) -> Backbone:
+def build_open_clip(cfg: Any) -> tuple[nn.Module, dict, str, str | None, Any]:
+    """The whole open_clip model (both towers), loaded strictly: ``(model, preprocess cfg, weights id, arch, tag)``."""
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
@@ -170,6 +171,11 @@ def load_open_clip(cfg: Any) -> Backbone:
             _load_strict(model, Path(ckpt), source)
         pcfg = merge_preprocess_dict(asdict(PreprocessCfg()), tag_cfg)
         pcfg["size"] = model.visual.image_size
+    return model, pcfg, source, arch, tag
+
+
+def load_open_clip(cfg: Any) -> Backbone:
+    model, pcfg, source, arch, tag = build_open_clip(cfg)
     normalize = bool(cfg.get("normalize", False))
     visual = model.visual
     dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])

@@ -112,6 +112,12 @@ def build_report(
             files += write_stat_figures(pcells, significance, folder / "figures")
         report.files[protocol] = files
         index += _index_section(protocol, pcells, files, out)
+    if ci:  # hook: the zero-shot vs image-kNN table of the text protocols (cbmir.report.zeroshot)
+        from cbmir.report.zeroshot import write_zeroshot
+
+        if zeroshot := write_zeroshot(cells, out, settings or report_settings()):
+            index += ["## zero-shot (a sentence) vs image kNN (an example image)", ""]
+            index += [f"- [{f.name}]({f.name})" for f in zeroshot] + [""]
     tradeoffs = write_tradeoffs([c.path for c in cells if c.path is not None], out, figures=figures)
     if tradeoffs:
         index += ["## search trade-offs (exact vs approximate indexes)", ""]

@@ -24,6 +24,12 @@ from cbmir.launch.preflight import each_value, parse_command_line, preflight, sw
         (["model=resnet50,vgg19"], "model lists several values: add -m to sweep them"),
         (["-m", "model=resnet50,nope"], "model=nope: no such config"),
         (["-m", "size=28,64", "k=0"], "k=0 must be an integer between 1 and the database size"),
+        (["protocol=zeroshot", "model=resnet50"], "model resnet50 has no text tower in cbmir"),
+        (
+            ["protocol=zeroshot", "model=conch", "protocol.top_k=[0]"],
+            "protocol.top_k must be a list of positive integers",
+        ),
+        (["decode.max_pixels=0"], "decode.max_pixels must be a positive whole number of pixels, got 0"),
     ],
 )
 def test_user_errors_are_one_sentence(args, message):

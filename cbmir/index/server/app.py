@@ -43,9 +43,10 @@ QUERY_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "an image or volume file"},
+                        "text": {"type": "string", "description": "words (vision-language indexes; see /api/info)"},
+                        "text_weight": {"type": "number", "minimum": 0, "maximum": 1, "description": "beside a file"},
                         "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
                         "where": {"type": "array", "items": {"type": "string"}, "description": "`label=benign`"},
                     },
@@ -107,6 +108,19 @@ def query_fields(fields: dict[str, list[str]], default_k: int) -> tuple[int, dic
         return int(raw_k), parse_where(fields.get("where", []))
     except CbmirError as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def text_fields(fields: dict[str, list[str]]) -> tuple[str, float]:
+    """The ``text`` of a query by words ("" for an image query) and its ``text_weight`` beside a file (0…1)."""
+    words = (fields.get("text") or [""])[-1].strip()
+    raw = (fields.get("text_weight") or ["0.5"])[-1].strip()
+    try:
+        weight = float(raw)
+    except ValueError:
+        weight = -1.0
+    if not 0.0 <= weight <= 1.0:
+        raise HTTPException(400, f"text_weight must be a number from 0 to 1 (got {raw[:20]!r})")
+    return words, weight
 
 
 def create_app(source: Retriever | Live, options: ServeOptions | None = None, **overrides: Any) -> FastAPI:
@@ -174,33 +188,51 @@ def create_app(source: Retriever | Live, options: ServeOptions | None = None, **
             "accepted": list(accepted_suffixes(manifest)),
             "full_size": served.index.images is not None,
             "filters": list(FILTER_COLUMNS),
+            "text": served.text is not None,
+            "text_missing": served.text_missing,
             "evaluation": manifest.get("evaluation"),
             "user": request.state.user,
             "access": "token" if tokens is not None else ("open" if opts.insecure_no_auth else "loopback"),
         }
 
     def run_query(served: Served, upload: Upload, k: int, where: dict[str, list[str]]) -> dict[str, Any]:
-        """Decode, embed, search (in a pool thread): every problem with the file is a 400 sentence."""
+        """Decode, embed, search (in a pool thread): every problem with the file or the words is a 400 sentence."""
         manifest, name = served.manifest, Path(upload.filename or "upload").name
         suffixes = accepted_suffixes(manifest)
+        words, weight = text_fields(upload.fields)
+        if not words and not upload.filename:
+            raise HTTPException(400, "no file: send the image in the form field `file` (or words in `text`)")
+        if words and served.text is None:
+            raise HTTPException(400, f"no search by words here: {served.text_missing}")
+        what = name if not words else (words if not upload.filename else f"{words} + {name}")
         try:
-            typed = upload_name(name, upload.data)
-            if not typed.lower().endswith(suffixes):
-                raise BadFile(f"a {Path(typed).suffix} file; this index takes {', '.join(suffixes)}")
-            answer = served.retriever.query(typed, upload.data, k, where or None, limits=limits)
+            typed = None
+            if upload.filename:
+                typed = upload_name(name, upload.data)
+                if not typed.lower().endswith(suffixes):
+                    raise BadFile(f"a {Path(typed).suffix} file; this index takes {', '.join(suffixes)}")
+            if words:
+                image = None if typed is None else (typed, upload.data)
+                answer = served.text.ask(words, k, image=image, text_weight=weight, where=where or None, limits=limits)
+            else:
+                answer = served.retriever.query(typed, upload.data, k, where or None, limits=limits)
         except (BadFile, CbmirError) as exc:
-            raise HTTPException(400, f"{name} cannot be searched: {str(exc).splitlines()[0]}") from None
+            raise HTTPException(400, f"{what[:200]} cannot be searched: {str(exc).splitlines()[0]}") from None
         body = answer.as_dict()
-        body["query"] = name
+        body["query"] = what
+        body["by"] = "text" if words else "image"
         volume = manifest["decode"]["dims"] == 3
-        body["image"] = "data:image/png;base64," + base64.b64encode(png(answer.pixels, volume=volume)).decode()
+        shown = upload.filename and (not words or weight < 1.0)
+        body["image"] = (
+            "data:image/png;base64," + base64.b64encode(png(answer.pixels, volume=volume)).decode() if shown else None
+        )
         return body
 
     @app.post("/api/query", openapi_extra=QUERY_BODY)
     async def query(request: Request) -> dict[str, Any]:
         served = live.current  # this request's generation, whatever is swapped in meanwhile
         async with quota.query(request.state.user or ANONYMOUS), pool.place():
-            upload = await read_upload(request, opts.max_upload_mb)
+            upload = await read_upload(request, opts.max_upload_mb, file_optional=True)
             k, where = query_fields(upload.fields, opts.k)
             body = await pool.run(run_query, served, upload, k, where)
         request.state.audit_rows = [n["row"] for n in body["neighbours"]]

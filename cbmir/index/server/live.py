@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Served:
 
     retriever: Any  # cbmir.index.retrieve.Retriever
     generation: str | None
+    text: Any = None  # cbmir.index.text_query.TextRetriever over the same opened index, or None
+    text_missing: str | None = "this server was started without text queries"  # why ``text`` is None
 
     @property
     def index(self) -> Any:
@@ -62,9 +64,9 @@ class Live:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def fixed(cls, retriever: Any) -> Live:
-        """A retriever served as it is (tests, or an index opened elsewhere): never reloads."""
-        return cls(Served(retriever, None))
+    def fixed(cls, retriever: Any, text: Any = None) -> Live:
+        """A retriever (and a text retriever) served as they are (tests, an index opened elsewhere): never reloads."""
+        return cls(Served(retriever, None, text, None if text is not None else "not opened for text queries"))
 
     def check(self, *, force: bool = False) -> bool:
         """Swap in the generation the pointer names when it is another one; True when a swap happened."""
@@ -78,15 +80,16 @@ class Live:
         if name is None or name == self.current.generation or (name == self._failed and not force):
             return False
         try:
-            retriever = self.opener(self.root)
+            opened = self.opener(self.root)  # a Served, or a bare retriever
         except Exception as exc:  # noqa: BLE001 (any failure to open keeps the old generation in service)
             self._failed = name
             log.error("generation %s not served, still serving %s: %s", name, self.current.generation,
                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
             return False
-        opened = getattr(retriever.index, "generation", None) or name
-        self.current, self._failed = Served(retriever, opened), None
-        log.info("now serving generation %s (%d items)", opened, len(retriever.index))
+        served = opened if isinstance(opened, Served) else Served(opened, None)
+        generation = getattr(served.index, "generation", None) or name
+        self.current, self._failed = replace(served, generation=generation), None
+        log.info("now serving generation %s (%d items)", generation, len(served.index))
         return True
 
     def hup(self) -> None:

@@ -101,12 +101,41 @@ def declared_too_large(request: Request, limit: int) -> bool:
     return declared.isdigit() and int(declared) > limit + ENVELOPE
 
 
-async def read_upload(request: Request, limit_mb: float) -> Upload:
-    """The query form of ``request``, read chunk by chunk; 413 at the limit, 400 for anything but one file."""
+async def _fields_only(request: Request) -> Upload:
+    """A URL-encoded form (``curl -d text=…``): fields only, read up to the envelope's size."""
+    from urllib.parse import parse_qsl
+
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > ENVELOPE:
+                raise HTTPException(413, f"a form without a file is at most {ENVELOPE // 1024} KB")
+    except ClientDisconnect:
+        raise HTTPException(400, "the upload was cut off before its end") from None
+    try:
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        raise HTTPException(400, f"the form has more than {MAX_FIELDS} fields") from None
+    fields: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if len(value.encode()) > FIELD_BYTES:
+            raise HTTPException(400, f"the form field {name[:40]!r} is longer than {FIELD_BYTES} bytes")
+        fields.setdefault(name, []).append(value)
+    return Upload("", b"", fields)
+
+
+async def read_upload(request: Request, limit_mb: float, *, file_optional: bool = False) -> Upload:
+    """The query form of ``request``, read chunk by chunk; 413 at the limit, 400 for anything but one file.
+
+    ``file_optional``: a form of fields only is an :class:`Upload` without a file (a query by words).
+    """
     limit = int(limit_mb * 1024 * 1024)
     if declared_too_large(request, limit):
         raise too_large(limit_mb)
     kind, params = parse_options_header(request.headers.get("content-type", ""))
+    if kind == b"application/x-www-form-urlencoded" and file_optional:
+        return await _fields_only(request)
     if kind != b"multipart/form-data" or not params.get(b"boundary"):
         raise HTTPException(400, "send the image as multipart/form-data, in the form field `file`")
     collector = _Collector(limit, limit_mb)
@@ -124,6 +153,8 @@ async def read_upload(request: Request, limit_mb: float) -> Upload:
     except ClientDisconnect:
         raise HTTPException(400, "the upload was cut off before its end") from None
     if collector.upload is None:
-        raise HTTPException(400, "no file: send the image in the form field `file`")
+        if not file_optional:
+            raise HTTPException(400, "no file: send the image in the form field `file`")
+        collector.upload = Upload("", b"")
     collector.upload.fields = collector.fields
     return collector.upload
