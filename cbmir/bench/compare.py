@@ -22,6 +22,7 @@ from cbmir.errors import CbmirError
 
 ALPHA = 0.05
 #: Run-level facts that make two runs' figures incomparable or explain a change; differences are printed.
+BUSY = 0.25  # a run whose sections saw other processes take more of the CPUs than this is flagged as disturbed
 CONTEXT = ("device", "device_name", "threads", "precision", "num_workers", "profile", "weights")
 
 
@@ -84,15 +85,26 @@ def compare(old: dict[str, Any], new: dict[str, Any], *, threshold: float = 0.05
     return rows
 
 
+def busiest(result: dict[str, Any]) -> float | None:
+    """The largest share of the CPUs other processes took during any section of a run."""
+    shares = [d.get("other_cpu_share") for d in result.get("disturbance", {}).values()]
+    shares = [s for s in shares if s is not None]
+    return max(shares) if shares else None
+
+
 def context_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between the runs besides the code (threads, device, ...), and each run's commit and load."""
+    """What differs between the runs besides the code (threads, device, ...), each run's commit and load, and a
+    warning when other processes took a large share of the CPUs (absolute rates then measure them too)."""
     notes = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in CONTEXT if old.get(k) != new.get(k)]
     for label, r in (("old", old), ("new", new)):
-        m = r.get("machine", {})
+        load = [f"{r[k][0]:.1f}" if r.get(k) else "?" for k in ("load_average_start", "load_average_end")]
+        share = busiest(r)
         notes.append(
-            f"{label}: commit {m.get('commit')}, load average {r.get('load_average_start')} -> "
-            f"{r.get('load_average_end')}"
+            f"{label}: commit {r.get('machine', {}).get('commit')}, load average {load[0]} -> {load[1]}, other "
+            f"processes took up to {'?' if share is None else f'{share:.0%}'} of the CPUs"
         )
+        if share is not None and share > BUSY:
+            notes.append(f"warning: the {label} run shared a busy machine: its rates measure the other processes too")
     return notes
 
 
