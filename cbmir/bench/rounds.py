@@ -33,8 +33,9 @@ class Ratio:
 
 @dataclass(frozen=True)
 class Budget:
-    """When rounds stop: never before ``min_rounds``; then once every interval's relative half-width is at most
-    ``precision``, or ``seconds`` of wall time are spent, or ``max_rounds`` are done."""
+    """When rounds stop: once every interval's relative half-width is at most ``precision`` (after ``min_rounds``),
+    or once ``seconds`` of wall time are spent (after ``min_rounds``, or fewer but at least one rotation of the
+    paths: the budget is kept on a busy machine, and the figure then says it has no interval), or at ``max_rounds``."""
 
     min_rounds: int
     max_rounds: int
@@ -110,12 +111,12 @@ def run_rounds(
             seconds[name].append(float(paths[name]()))
         for ratio in ratios:
             samples[ratio.key].append(seconds[ratio.slow][-1] / seconds[ratio.fast][-1])
-        if r + 1 < budget.min_rounds:
-            continue
-        if all(summary(v, budget.precision)["converged"] for v in samples.values()):
+        done = r + 1
+        if done >= budget.min_rounds and all(summary(v, budget.precision)["converged"] for v in samples.values()):
             stop = "converged"
             break
-        if clock() - start >= budget.seconds:
+        # the budget is a hard stop once every path has led a round (on a busy machine: few rounds, no interval)
+        if clock() - start >= budget.seconds and done >= min(budget.min_rounds, len(names)):
             stop = "budget"
             break
     return {

@@ -84,6 +84,16 @@ def test_noisy_rounds_stop_at_the_budget_with_an_honest_interval():
     assert fig["samples"]["r"] == pytest.approx([2.0, 3.0] * 3) and len(fig["samples"]["rate_per_s.slow"]) == 6
 
 
+def test_the_budget_is_kept_on_a_busy_machine_after_one_rotation():
+    m = Machine({"a": 5.0, "b": 5.0, "c": 10.0}, loads=[1.0])
+    out = run_rounds({n: m.path(n) for n in m.costs}, [Ratio("r", "a", "c")], Budget(6, 100, 1.0), clock=m.clock)
+    # the budget is spent in the first round, yet every path leads one round before the rounds stop
+    assert out["rounds"] == 3 and out["stop"] == "budget" and m.calls[:4] == ["a", "b", "c", "b"]
+    assert out["ratios"]["r"]["value"] == pytest.approx(2.0) and out["ratios"]["r"]["ci"] is None
+    reasons = instability(out["ratios"], {}, rounds=3, stop="budget", precision=0.03)
+    assert reasons == ["r: no 95 % interval from 3 rounds"]
+
+
 def test_rounds_never_exceed_max_rounds():
     m = Machine({"a": 1.0, "b": 1.0}, loads=[1.0])
     calls = itertools.count()
