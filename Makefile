@@ -39,7 +39,7 @@ report: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m cbmir.report $(ARGS)
 
 # Throughput, efficiency, baselines, 3D, search, cache, memory and the search service on this machine, in paired
-# rounds with 95 % intervals (about 15 min on 2 idle CPU cores; ARGS=--quick about 3 min).
+# rounds with 95 % intervals (budgeted for ~15 min on 2 CPU cores, ARGS=--quick ~3 min; longer on a busy machine).
 bench: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m cbmir.bench $(ARGS)
 

@@ -45,12 +45,19 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             else []
         )
         per = {
-            name: {"value": s[key], "ci": s[f"{key}_ci"], "verdict": judge(s[f"{key}_ci"], target)} for name, s in named
+            name: {
+                "value": s[key],
+                "ci": s[f"{key}_ci"],
+                "verdict": judge(s[f"{key}_ci"], target),
+                "stable": s["stable"],
+            }
+            for name, s in named
         }
         targets[key] = {
             "target": f">= {target:g}",
             "settings": per,
             "verdict": combine([v["verdict"] for v in per.values()]),
+            "stable": all(v["stable"] for v in per.values()),
         }
     if "serve" in result:
         for key, t in result["serve"]["targets"].items():

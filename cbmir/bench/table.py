@@ -90,8 +90,13 @@ def target_lines(result: dict[str, Any]) -> list[str]:
     lines = ["targets (met: the interval clears the target; missed: wholly below; else not resolved):"]
     for key, t in result["targets"].items():
         if "settings" in t:
-            per = "; ".join(f"{name} {ci(v['ci'])} {v['verdict']}" for name, v in t["settings"].items())
-            lines.append(f"  {key} {t['target']}: {t['verdict'].upper()} ({per or 'skipped'})")
+            # a verdict from an unstable section is never printed as a clean pass or miss
+            per = "; ".join(
+                f"{name} {ci(v['ci'])} {v['verdict']}{'' if v['stable'] else ', unstable'}"
+                for name, v in t["settings"].items()
+            )
+            shaky = "" if t["stable"] else " (UNSTABLE: see below)"
+            lines.append(f"  {key} {t['target']}: {t['verdict'].upper()}{shaky} ({per or 'skipped'})")
         else:
             lines.append(f"  {key} {t['target']}: {t['verdict'].upper()}")
     return lines
