@@ -8,7 +8,7 @@ FAISS ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench report clean browser-deps
+.PHONY: install run test test-fast lint bench bench-compare report clean browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +38,17 @@ lint: install
 report: install
 	HF_HUB_OFFLINE=1 $(BIN)/cbmir report $(ARGS)
 
-# Throughput, efficiency, baselines, 3D, search, cache and memory on this machine (about 7-10 min on 2 CPU cores).
+# Throughput, efficiency, baselines, 3D, search, cache, memory and the search service on this machine, in paired
+# rounds with 95 % intervals (budgeted for ~15 min on 2 CPU cores, ARGS=--quick ~3 min; longer on a busy machine).
 bench: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/cbmir bench $(ARGS)
+
+# The working tree's quick bench against a saved baseline (make it on the base commit with
+# `make bench ARGS="--quick --out outputs/bench/baseline.json"`); exits 1 naming any figure that got worse.
+BASELINE ?= outputs/bench/baseline.json
+bench-compare: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/cbmir bench --quick --out outputs/bench/current.json $(ARGS)
+	$(BIN)/cbmir bench compare $(BASELINE) outputs/bench/current.json --fail-on-regression
 
 # The headless browser of tests/test_browser.py: Debian's chromium, installed (apt-get) only when missing.
 browser-deps:

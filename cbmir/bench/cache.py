@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from time import perf_counter
 from typing import Any
 
-from cbmir.bench.common import Env, compose, median, model_overrides, quiet, spread, write_medmnist_npz
+from cbmir.bench.common import Env, cell_overrides, compose, quiet, write_medmnist_npz
 from cbmir.bench.profiles import Profile, Setting
+from cbmir.bench.rounds import Ratio, figures, run_rounds
 
 log = logging.getLogger(__name__)
 
 
 def bench_cache(env: Env, setting: Setting, profile: Profile, *, batch: int) -> dict[str, Any]:
-    """``profile.cache_repeats`` cold + cached pairs after ``profile.warmup`` untimed ones, each in a fresh folder."""
+    """A cold cell (a fresh output folder each time) against a cached one (a warm folder), in paired rounds."""
     from cbmir.cell.run import run_cell
 
     n_db, n_q = profile.cache_images
@@ -24,45 +26,47 @@ def bench_cache(env: Env, setting: Setting, profile: Profile, *, batch: int) -> 
         seed=4,
     )
     log.info("  cache: run_cell on a %d + %d-image pathmnist-28 file, cold then cached", n_db, n_q)
-    tc, tw = [], []
-    for r in range(profile.warmup + profile.cache_repeats):
-        overrides = model_overrides(setting.model, env.conf_dir, pretrained=env.pretrained, extra=env.overrides) + [
-            "dataset=pathmnist",
-            "size=28",
-            f"paths.data_dir={data_dir}",
-            f"paths.output_dir={env.work / f'cache_out_{r}'}",
-            "dataset.verify_md5=false",
-            "dataset.download=false",
-            "logger=none",
-            f"trainer={env.accelerator}",
-            f"batch_size={batch}",
-            f"num_workers={env.workers}",
-            f"precision={env.precision}",
-            "overwrite=true",
-        ]
-        cfg = compose(env.conf_dir, overrides)
+
+    def cell_config(folder: str):
+        overrides = cell_overrides(env, setting.model, data_dir, env.work / folder, batch)
+        return compose(env.conf_dir, overrides)
+
+    fresh = iter(range(10**9))
+
+    def cell(cfg, cached: bool) -> float:
         with quiet(not env.verbose):
             t0 = perf_counter()
-            cold = run_cell(cfg)
-            t1 = perf_counter()
-            warm = run_cell(cfg)
-            t2 = perf_counter()
-        if cold["cached"] != {"database": False, "query": False} or warm["cached"] != {"database": True, "query": True}:
-            raise RuntimeError(
-                f"cache bench: expected a cold then a cached cell, got {cold['cached']} / {warm['cached']}"
-            )
-        if r >= profile.warmup:
-            tc.append(t1 - t0)
-            tw.append(t2 - t1)
-    speed = [c / w for c, w in zip(tc, tw)]
+            out = run_cell(cfg)
+            seconds = perf_counter() - t0
+        if out["cached"] != {"database": cached, "query": cached}:
+            raise RuntimeError(f"cache bench: expected a {'cached' if cached else 'cold'} cell, got {out['cached']}")
+        return seconds
+
+    warm = cell_config("cache_warm")
+    cell(warm, cached=False)  # fills the warm folder's embedding cache
+    for _ in range(profile.warmup):
+        cell(warm, cached=True)
+        cell(cell_config(f"cache_cold_{next(fresh)}"), cached=False)
+
+    def cold() -> float:
+        folder = f"cache_cold_{next(fresh)}"  # a fresh output folder: a cache miss
+        seconds = cell(cell_config(folder), cached=False)
+        shutil.rmtree(env.work / folder, ignore_errors=True)
+        return seconds
+
+    rounds = run_rounds(
+        {
+            "cold": cold,
+            "cached": lambda: cell(warm, cached=True),
+        },
+        [Ratio("cache_speedup", "cached", "cold")],
+        profile.budget(profile.section_budget_s),
+    )
     return {
         "model": setting.model,
         "database": n_db,
         "queries": n_q,
-        "seconds_cold": tc,
-        "seconds_cached": tw,
-        "cache_speedup": median(tc) / median(tw),
-        "speedup_per_repeat": speed,
-        "speedup_spread": spread(speed),
+        "unit": "cells",
         "cached_s_breakdown": "build_backbone (for the cache key) + search + metrics + result files",
+        **figures(rounds, work={"cold": 1.0, "cached": 1.0}, targets={}, precision=profile.halfwidth),
     }

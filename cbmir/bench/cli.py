@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import platform
 import resource
@@ -22,10 +21,13 @@ import torch
 import cbmir.bench as package
 from cbmir.bench.cache import bench_cache
 from cbmir.bench.common import Env, compose, gb
+from cbmir.bench.headline import headline
+from cbmir.bench.machine import Disturbance, machine
 from cbmir.bench.memory import bench_memory
 from cbmir.bench.pipeline import bench_setting
-from cbmir.bench.profiles import PROFILES, TARGETS, Profile, parse_setting
+from cbmir.bench.profiles import PROFILES, Profile, parse_setting
 from cbmir.bench.search import bench_search
+from cbmir.bench.serve import bench_serve
 from cbmir.bench.table import table
 from cbmir.bench.volume3d import bench_3d
 from cbmir.layout import CONF_DIR, versions
@@ -48,8 +50,12 @@ def workers(text: str) -> str | int:
 
 #: A flag per profile field (``--max-batches`` for ``max_batches``): its type and help; unset = the profile's.
 PROFILE_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "repeats": (int, "timed runs per figure"),
     "warmup": (int, "untimed runs per method before timing"),
+    "min_rounds": (int, "paired rounds at least (6 give a 95 %% interval)"),
+    "max_rounds": (int, "paired rounds at most"),
+    "budget_s": (float, "wall seconds of rounds per extraction setting"),
+    "section_budget_s": (float, "wall seconds of rounds for the 3D, search and cache comparisons each"),
+    "halfwidth": (float, "rounds stop once every interval's relative half-width is at most this (0.03)"),
     "seconds": (float, "target seconds of forward per timed run (sizes the runs)"),
     "min_batches": (int, "at least this many batches per timed run"),
     "max_batches": (int, "at most this many batches per timed run"),
@@ -58,10 +64,13 @@ PROFILE_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "search_shape": (ints, "search: N,Q,D database, queries, width (PathMNIST: 89996,7180,2048)"),
     "loop_queries": (int, "search: queries the per-query loop is timed on"),
     "cache_images": (ints, "cache: N,Q database and query images"),
-    "cache_repeats": (int, "cache: timed cold + cached pairs"),
     "rss_images": (int, "memory: images in the large split"),
     "rss_size": (int, "memory: their side"),
     "rss_model_batches": (int, "memory: batches through the real backbone"),
+    "serve_items": (int, "serve: items of the synthetic index behind the server (quick 10,000, full 100,000)"),
+    "serve_budget_s": (float, "serve: wall seconds of sequential, then of concurrent queries"),
+    "serve_clients": (int, "serve: concurrent loopback clients"),
+    "serve_client_queries": (int, "serve: queries per concurrent client per round"),
 }
 
 
@@ -92,8 +101,11 @@ def parser() -> argparse.ArgumentParser:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", dest="pretrained", action="store_true", help="load the model's real weights")
     weights.add_argument("--random", dest="pretrained", action="store_false", help="random weights (default)")
-    for section in ("3d", "search", "cache", "memory"):
+    for section in ("3d", "search", "cache", "memory", "serve"):
         p.add_argument(f"--skip-{section}", action="store_true")
+    p.add_argument("--serve-setting", type=parse_setting, metavar="MODEL,SOURCE,INPUT[,BATCH]",
+                   help="serve: the model behind the server (default: the first setting); a vision-language model "
+                   "(e.g. openclip,28,224) also gets text-query latency")  # fmt: skip
     p.add_argument("--rss-timeout", type=int, default=1800, help="memory: seconds the child process may take")
     p.add_argument("--output-dir", default="outputs", help="the bench writes <output-dir>/bench/bench.json")
     p.add_argument("--out", type=Path, help="the JSON file (default <output-dir>/bench/bench.json)")
@@ -160,16 +172,6 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
 
 
-def headline(result: dict[str, Any], section: str | None, key: str) -> tuple[float, list[float] | None]:
-    """A headline figure and its spread: the worst setting's for the extraction figures, else its section's."""
-    if section is None:
-        worst = min(result["settings"], key=lambda s: s[key])
-        return worst[key], worst[f"{key}_spread"]
-    if section not in result:
-        return float("nan"), None
-    return result[section][key], result[section].get("speedup_spread")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every comparison the flags ask for, in one scratch folder; the result is bench.json's content."""
     profile = args.profile
@@ -186,22 +188,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile_name,
         "quick": args.profile_name == "quick",
         "profile_sizes": dataclasses.asdict(profile),
-        "repeats": profile.repeats,
         "warmup": profile.warmup,
+        "machine": machine(),
         "weights": "pretrained" if args.pretrained else "random",
         "versions": versions(),
         "load_average_start": list(os.getloadavg()),
     }
     log.info(
         "[cbmir.bench] %s profile · %s · device %s · %d threads · precision %s · %d loader workers · "
-        "%d repeats after %d warm-up",
+        "paired rounds (%d-%d, %.0f s a setting) after %d warm-up",
         args.profile_name,
         result["device_name"],
         device,
         result["threads"],
         args.precision,
         args.num_workers,
-        profile.repeats,
+        profile.min_rounds,
+        profile.max_rounds,
+        profile.budget_s,
         profile.warmup,
     )
     t_start = time.perf_counter()
@@ -219,11 +223,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         primary = args.settings[0]
         batch = primary.batch or args.config_batch_size
         sections = result["section_seconds"] = {}
+        disturbance = result["disturbance"] = {}
 
         def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            out = fn()
-            sections[name] = round(time.perf_counter() - t0, 2)
+            with Disturbance() as d:
+                out = fn()
+            sections[name] = d.record["wall_s"]
+            disturbance[name] = out["disturbance"] = d.record
             return out
 
         result["settings"] = [
@@ -249,31 +255,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     env, primary, profile, batch=batch, tmp_dir=args.tmp_dir, timeout=args.rss_timeout
                 ),
             )
-    for key, section in (
-        ("pipeline_efficiency", None),
-        ("speedup_vs_conventional", None),
-        ("speedup_3d_batched", "volume_3d"),
-        ("speedup_search", "search"),
-        ("cache_speedup", "cache"),
-    ):
-        result[key], result[f"{key}_spread"] = headline(result, section, key)
+        if not args.skip_serve:
+            result["serve"] = timed(
+                "serve",
+                lambda: bench_serve(
+                    env, args.serve_setting or primary, profile, batch=batch, n_items=profile.serve_items
+                ),
+            )
+    result.update(headline(result))
     result["peak_rss_gb"] = result["memory"]["peak_rss_gb"] if "memory" in result else float("nan")
     result["bench_process_peak_rss_gb"] = gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result["targets"] = {
-        key: {
-            "value": result[key],
-            "spread": result[f"{key}_spread"],
-            "target": f">= {target}",
-            "holds": None if math.isnan(result[key]) else bool(result[key] >= target),
-        }
-        for key, target in TARGETS.items()
-    }
     result["seconds_total"] = time.perf_counter() - t_start
     result["load_average_end"] = list(os.getloadavg())
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | int:
+    """A bench run (returns bench.json's content), or ``compare OLD NEW`` (returns its exit status)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["compare"]:
+        from cbmir.bench.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = parse_args(argv)
     if not log.handlers:
         log.addHandler(logging.StreamHandler(sys.stderr))

@@ -24,11 +24,6 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
-def spread(xs: list[float]) -> list[float]:
-    """``[min, max]`` over the repeats: every figure is reported with it."""
-    return [float(min(xs)), float(max(xs))]
-
-
 def gb(n_bytes: float) -> float:
     return float(n_bytes) / 1e9
 
@@ -131,6 +126,24 @@ def model_overrides(model: str, conf_dir: Path, *, pretrained: bool, extra: list
             raise SystemExit(f"--model {model!r} is neither a conf/model name ({', '.join(known)}) nor timm=<arch>")
         base = [f"model={model}"]
     return base + [f"++model.pretrained={'true' if pretrained else 'false'}", *extra]
+
+
+def cell_overrides(env: Env, model: str, data_dir: Path, output_dir: Path, batch: int) -> list[str]:
+    """A pathmnist-28 cell of ``model`` on a synthetic file in ``data_dir``, on the bench's device and precision."""
+    return model_overrides(model, env.conf_dir, pretrained=env.pretrained, extra=env.overrides) + [
+        "dataset=pathmnist",
+        "size=28",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={output_dir}",
+        "dataset.verify_md5=false",
+        "dataset.download=false",
+        "logger=none",
+        f"trainer={env.accelerator}",
+        f"batch_size={batch}",
+        f"num_workers={env.workers}",
+        f"precision={env.precision}",
+        "overwrite=true",
+    ]
 
 
 @dataclass

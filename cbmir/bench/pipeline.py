@@ -8,7 +8,8 @@
 3. conventional: a PIL image per item, torchvision ``Compose([Resize, (CenterCrop,) ToTensor, Normalize])`` in a
    torch Dataset, default collate, then the forward (the study's scripts); ``speedup_vs_conventional`` = 1 / 3.
 
-The three run interleaved, repeat by repeat, so load from other processes hits them alike.
+The three run back to back in paired rounds (rotating order, :mod:`cbmir.bench.rounds`), a ratio per round, so
+load from other processes hits them alike; each figure is the median of its per-round ratios with a 95 % interval.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from cbmir.bench.common import Env, autocast, build, median, quiet, spread, subset, sync, synthetic_split
-from cbmir.bench.profiles import Profile, Setting
+from cbmir.bench.common import Env, autocast, build, median, quiet, subset, sync, synthetic_split
+from cbmir.bench.profiles import TARGETS, Profile, Setting
+from cbmir.bench.rounds import Ratio, figures, run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +220,23 @@ def default_batch(env: Env, config_batch: int, net_input: int) -> int:
     return config_batch
 
 
+#: The extraction's ratios: images/s of the pipeline over the model alone, and over the conventional loader.
+RATIOS = (
+    Ratio("pipeline_efficiency", "pipeline", "model"),
+    Ratio("speedup_vs_conventional", "pipeline", "conventional"),
+)
+
+
 def bench_setting(
-    env: Env, setting: Setting, profile: Profile, *, config_batch: int, batches: int | None = None
+    env: Env,
+    setting: Setting,
+    profile: Profile,
+    *,
+    config_batch: int,
+    batches: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
-    """Pipeline, model-only and conventional images/s of one setting, ``profile.repeats`` times interleaved."""
+    """Pipeline, model-only and conventional images/s of one setting in paired rounds (rotating order)."""
     backbone, cfg = build(env, setting.model)
     min_source = cfg.protocol.min_source_size
     spec = backbone.preprocess
@@ -265,31 +280,36 @@ def bench_setting(
     transform = conventional_transform(spec, source=setting.source, min_source=min_source, crop=crop)
 
     one = subset(split, batch)
-    for _ in range(profile.warmup):
-        pipeline_run(env, backbone, one, batch=batch, min_source=min_source)
-        conventional_run(env, net, one, transform, batch=batch)
-    times: dict[str, list[float]] = {"pipeline": [], "model": [], "conventional": []}
-    steady: list[float] = []
-    agreement, alt_ips = None, None
-    for r in range(profile.repeats):
-        keep = r == 0
-        t, st, emb_p = pipeline_run(env, backbone, split, batch=batch, min_source=min_source, keep=keep)
-        times["pipeline"].append(t)
-        steady.append(st)
-        times["model"].append(model_run(env, net, x, n_batches=n_batches))
-        t, emb_c = conventional_run(env, net, split, transform, batch=batch, keep=keep)
-        times["conventional"].append(t)
-        if keep:
+    agreement = None
+    for w in range(max(1, profile.warmup)):
+        _t, _st, emb_p = pipeline_run(env, backbone, one, batch=batch, min_source=min_source, keep=w == 0)
+        _t, emb_c = conventional_run(env, net, one, transform, batch=batch, keep=w == 0)
+        if w == 0:  # both paths embed the same images alike (torch vs PIL bilinear upsampling differ by rounding)
             agreement = cosine_rows(emb_p, emb_c)
-            # for information: the same forward in the other memory layout (NCHW <-> channels_last)
-            alt = x.contiguous() if not x.is_contiguous() else x.contiguous(memory_format=torch.channels_last)
-            alt_ips = n / model_run(env, net, alt, n_batches=n_batches)
-    ips = {k: [n / t for t in v] for k, v in times.items()}
-    eff = [p / m for p, m in zip(ips["pipeline"], ips["model"])]
-    spd = [p / c for p, c in zip(ips["pipeline"], ips["conventional"])]
-    del split
+    steady: list[float] = []
+
+    def pipeline() -> float:
+        t, st, _ = pipeline_run(env, backbone, split, batch=batch, min_source=min_source)
+        steady.append(st)
+        return t
+
+    rounds = run_rounds(
+        {
+            "pipeline": pipeline,
+            "model": lambda: model_run(env, net, x, n_batches=n_batches),
+            "conventional": lambda: conventional_run(env, net, split, transform, batch=batch)[0],
+        },
+        RATIOS,
+        profile.budget(profile.budget_s),
+        clock=clock,
+    )
+    # for information: the same forward in the other memory layout (NCHW <-> channels_last)
+    alt = x.contiguous() if not x.is_contiguous() else x.contiguous(memory_format=torch.channels_last)
+    alt_ips = n / model_run(env, net, alt, n_batches=n_batches)
+    out = figures(rounds, work=dict.fromkeys(rounds["seconds"], n), targets=TARGETS, precision=profile.halfwidth)
     shutil.rmtree(folder.parent, ignore_errors=True)
     steady_ok = [v for v in steady if math.isfinite(v)]
+    model_ips = out["rate_per_s"]["model"]
     return {
         "setting": setting.label,
         "model": setting.model,
@@ -303,18 +323,10 @@ def bench_setting(
         "batch_size": batch,
         "batches_per_run": n_batches,
         "images_per_run": n,
-        "images_per_s": {k: median(v) for k, v in ips.items()},
-        "images_per_s_spread": {k: spread(v) for k, v in ips.items()},
-        "pipeline_efficiency": median(ips["pipeline"]) / median(ips["model"]),
-        "pipeline_efficiency_per_repeat": eff,
-        "pipeline_efficiency_spread": spread(eff),
         "pipeline_steady_images_per_s": median(steady_ok) if steady_ok else float("nan"),
-        "pipeline_efficiency_steady": (median(steady_ok) / median(ips["model"])) if steady_ok else float("nan"),
-        "pipeline_fixed_s": (median(times["pipeline"]) - n / median(steady_ok)) if steady_ok else float("nan"),
+        "pipeline_efficiency_steady": (median(steady_ok) / model_ips) if steady_ok else float("nan"),
+        "pipeline_fixed_s": (median(out["seconds"]["pipeline"]) - n / median(steady_ok)) if steady_ok else float("nan"),
         "model_other_layout_images_per_s": alt_ips,
-        "speedup_vs_conventional": median(ips["pipeline"]) / median(ips["conventional"]),
-        "speedup_vs_conventional_per_repeat": spd,
-        "speedup_vs_conventional_spread": spread(spd),
         "min_cosine_pipeline_vs_conventional": agreement,
-        "seconds": times,
+        **out,
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from cbmir.bench.rounds import Budget
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -42,8 +44,12 @@ class Profile:
     """Every size a run uses; a CLI flag of the same name (``--max-batches``) overrides one field."""
 
     settings: tuple[str, ...]  # MODEL,SOURCE,INPUT[,BATCH]
-    repeats: int  # timed runs per figure (the figure is their median, the spread their min-max)
     warmup: int  # untimed runs of every method first
+    min_rounds: int  # paired rounds at least (6: the fewest that give a 95 % interval of the median)
+    max_rounds: int  # paired rounds at most
+    budget_s: float  # wall seconds of rounds per extraction setting (then rounds stop, converged or not)
+    section_budget_s: float  # the same for the 3D, search and cache comparisons each
+    halfwidth: float  # rounds stop early once every interval's relative half-width is at most this
     seconds: float  # target seconds of forward per timed run: sizes the pipeline runs
     min_batches: int  # at least this many batches per timed run (steady state, not loader start-up)
     max_batches: int  # at most this many
@@ -52,10 +58,17 @@ class Profile:
     search_shape: tuple[int, int, int]  # database, queries, width
     loop_queries: int  # search: queries the per-query loop is timed on (then scaled)
     cache_images: tuple[int, int]  # cache: database and query images of the cell
-    cache_repeats: int  # cache: cold + cached pairs timed (a pair is a whole cell twice)
     rss_images: int  # memory: images in the large memory-mapped split
     rss_size: int  # memory: their side
     rss_model_batches: int  # memory: batches through the real backbone before the stand-in reads it all
+    serve_items: int  # serve: items of the synthetic index behind the real server
+    serve_budget_s: float  # serve: wall seconds of sequential queries (then of concurrent ones)
+    serve_clients: int  # serve: concurrent loopback clients
+    serve_client_queries: int  # serve: queries each concurrent client sends per round
+
+    def budget(self, seconds: float) -> Budget:
+        """When a comparison's paired rounds stop, given its wall-time budget."""
+        return Budget(self.min_rounds, self.max_rounds, seconds, self.halfwidth)
 
     def check(self) -> None:
         """Raise ValueError unless every size is positive (warm-up may be 0) and the shapes have their lengths."""
@@ -64,7 +77,9 @@ class Profile:
         counts = [getattr(self, f.name) for f in fields(self) if f.name not in ("settings", "warmup")]
         flat = [v for c in counts for v in (c if isinstance(c, tuple) else (c,))]
         if min(flat) <= 0 or self.warmup < 0 or not self.settings:
-            raise ValueError(f"sizes, repeats and settings must be positive (warm-up >= 0): {self}")
+            raise ValueError(f"sizes, rounds, budgets and settings must be positive (warm-up >= 0): {self}")
+        if self.min_rounds > self.max_rounds or self.halfwidth >= 1:
+            raise ValueError(f"min_rounds <= max_rounds and halfwidth < 1 are needed: {self}")
 
 
 #: The study's settings: ResNet-50 at the size-28 cells (28 -> 32) and at 224 from 28-px sources, a ViT-B/16 at 224.
@@ -76,50 +91,69 @@ STUDY_SETTINGS = (
 )
 
 PROFILES: dict[str, Profile] = {
+    # ~15 min on 2 CPU cores: many short paired rounds per setting rather than three long runs.
     "full": Profile(
         settings=STUDY_SETTINGS,
-        repeats=3,
         warmup=1,
-        seconds=4.0,
-        min_batches=8,
-        max_batches=64,
-        volumes=64,
-        slice_volumes=8,
+        min_rounds=6,
+        max_rounds=200,
+        budget_s=120.0,
+        section_budget_s=60.0,
+        halfwidth=0.03,
+        seconds=1.0,
+        min_batches=2,
+        max_batches=16,
+        volumes=32,
+        slice_volumes=4,
         search_shape=(20_000, 1_000, 2048),
-        loop_queries=50,
+        loop_queries=25,
         cache_images=(2000, 500),
-        cache_repeats=3,
         rss_images=20_000,
         rss_size=224,
         rss_model_batches=2,
+        serve_items=100_000,
+        serve_budget_s=60.0,
+        serve_clients=16,
+        serve_client_queries=4,
     ),
-    # The same figures at the size-28 setting only, each on enough work to reach steady state (minutes -> ~1.5 min).
+    # The same figures at the size-28 setting only, on less work and shorter budgets (~3 min on 2 CPU cores).
     "quick": Profile(
         settings=(STUDY_SETTINGS[0],),
-        repeats=3,
         warmup=1,
-        seconds=1.5,
-        min_batches=8,
-        max_batches=32,
+        min_rounds=6,
+        max_rounds=200,
+        budget_s=40.0,
+        section_budget_s=15.0,
+        halfwidth=0.03,
+        seconds=0.5,
+        min_batches=2,
+        max_batches=16,
         volumes=16,
         slice_volumes=2,
         search_shape=(5_000, 500, 2048),
         loop_queries=20,
         cache_images=(1000, 250),
-        cache_repeats=2,
         rss_images=2_000,
         rss_size=224,
         rss_model_batches=1,
+        serve_items=10_000,
+        serve_budget_s=10.0,
+        serve_clients=16,
+        serve_client_queries=2,
     ),
 }
 
-#: What each headline figure should reach (bench.json ``targets``).
+#: What each ratio should reach (bench.json ``targets``): met when its interval's lower end clears the target.
 TARGETS = {
     "pipeline_efficiency": 0.90,
     "speedup_vs_conventional": 1.0,
     "speedup_3d_batched": 5.0,
     "speedup_search": 30.0,
 }
+
+#: The search service's targets (milliseconds; met when the interval's upper end is under them): a warm image
+#: query within its embed time + 50 ms, a text query under 100 ms, the 95th percentile under 1 s with 16 clients.
+SERVE_TARGETS = {"image_query_overhead_ms": 50.0, "text_query_ms": 100.0, "concurrent_16_p95_ms": 1000.0}
 
 #: PathMNIST's retrieval shape: the search and memory estimates scale to it.
 PATHMNIST = {"database": 89_996, "query": 7_180, "dim": 2048}

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from cbmir.bench.common import median, spread
-from cbmir.bench.profiles import PATHMNIST, Profile
+from cbmir.bench.common import median
+from cbmir.bench.profiles import PATHMNIST, TARGETS, Profile
+from cbmir.bench.rounds import Ratio, figures, run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +46,36 @@ def bench_search(profile: Profile, *, k: int = 5) -> dict[str, Any]:
             out[i] = np.argsort(dist)[:k]
         return time.perf_counter() - t0, out
 
+    _dist, idx = search(db, q, k, "l2")
+    _t, ref = loop(q[:m])
+    agree = float((idx[:m, 0] == ref[:, 0]).mean())
     for _ in range(profile.warmup):
         search(db, q[: min(n_q, 64)], k, "l2")
         loop(q[:2])
-    tf, tl, agree = [], [], None
-    for r in range(profile.repeats):
+
+    def faiss_run() -> float:
         t0 = time.perf_counter()
-        _dist, idx = search(db, q, k, "l2")
-        tf.append(time.perf_counter() - t0)
-        t, ref = loop(q[:m])
-        tl.append(t * n_q / m)
-        if r == 0:
-            agree = float((idx[:m, 0] == ref[:, 0]).mean())
-    speed = [b / a for a, b in zip(tf, tl)]
+        search(db, q, k, "l2")
+        return time.perf_counter() - t0
+
+    rounds = run_rounds(
+        {"faiss": faiss_run, "loop": lambda: loop(q[:m])[0] * n_q / m},  # the loop scaled: its cost is per query
+        [Ratio("speedup_search", "faiss", "loop")],
+        profile.budget(profile.section_budget_s),
+    )
+    out = figures(rounds, work=dict.fromkeys(rounds["seconds"], n_q), targets=TARGETS, precision=profile.halfwidth)
     pathmnist_pairs = PATHMNIST["database"] * PATHMNIST["query"]
+    tf, tl = median(out["seconds"]["faiss"]), median(out["seconds"]["loop"])
     return {
         "database": n_db,
         "queries": n_q,
         "dim": d,
         "k": k,
+        "unit": "queries",
         "scaled_down": scaled,
         "loop_queries_timed": m,
-        "seconds_faiss": tf,
-        "seconds_loop_extrapolated": tl,
-        "queries_per_s": {"faiss": n_q / median(tf), "loop": n_q / median(tl)},
-        "speedup_search": median(tl) / median(tf),
-        "speedup_per_repeat": speed,
-        "speedup_spread": spread(speed),
         "top1_agreement": agree,
-        "pathmnist_loop_estimate_s": median(tl) / (n_db * n_q) * pathmnist_pairs,
-        "pathmnist_faiss_estimate_s": median(tf) / (n_db * n_q) * pathmnist_pairs,
+        "pathmnist_loop_estimate_s": tl / (n_db * n_q) * pathmnist_pairs,
+        "pathmnist_faiss_estimate_s": tf / (n_db * n_q) * pathmnist_pairs,
+        **out,
     }

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cbmir.bench.common import Env, autocast, build, median, spread, sync, write_medmnist_npz
+from cbmir.bench.common import Env, autocast, build, sync, write_medmnist_npz
 from cbmir.bench.pipeline import pipeline_run
-from cbmir.bench.profiles import Profile, Setting
+from cbmir.bench.profiles import TARGETS, Profile, Setting
+from cbmir.bench.rounds import Ratio, figures, run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -79,33 +80,35 @@ def bench_3d(
             keep=keep,
         )
 
-    for _ in range(profile.warmup):
-        batched()
-        module.to(env.device)
-        per_slice(1)
-    tb, ts, diff = [], [], None
-    for r in range(profile.repeats):
-        t, _steady, emb_b = batched(keep=r == 0)
-        tb.append(t)
+    diff = None
+    for w in range(max(1, profile.warmup)):
+        _t, _steady, emb_b = batched(keep=w == 0)
         module.to(env.device)  # Lightning's teardown moved the shared backbone back to the CPU
-        t, emb_s = per_slice(m_vol)
-        ts.append(t * n_vol / m_vol)  # exactly linear: one forward per slice
-        if r == 0:
+        _t, emb_s = per_slice(m_vol)
+        if w == 0:
             diff = float(np.abs(emb_b[:m_vol] - emb_s).max() / max(np.abs(emb_s).max(), 1e-12))
-    speed = [s / b for b, s in zip(tb, ts)]
+
+    def looped() -> float:
+        module.to(env.device)
+        return per_slice(m_vol)[0] * n_vol / m_vol  # exactly linear: one forward per slice
+
+    rounds = run_rounds(
+        {"batched": lambda: batched()[0], "one_slice_per_forward": looped},
+        [Ratio("speedup_3d_batched", "batched", "one_slice_per_forward")],
+        profile.budget(profile.section_budget_s),
+    )
+    out = figures(
+        rounds, work=dict.fromkeys(rounds["seconds"], n_vol * side), targets=TARGETS, precision=profile.halfwidth
+    )
     return {
         "model": setting.model,
         "volumes": n_vol,
         "side": side,
         "slices": n_vol * side,
+        "unit": "slices",
         "volumes_per_batch": vol_batch,
         "max_forward_batch": max_forward_batch,
         "per_slice_volumes_timed": m_vol,
-        "seconds_batched": tb,
-        "seconds_per_slice_scaled": ts,
-        "slices_per_s": {"batched": n_vol * side / median(tb), "one_slice_per_forward": n_vol * side / median(ts)},
-        "speedup_3d_batched": median(ts) / median(tb),
-        "speedup_per_repeat": speed,
-        "speedup_spread": spread(speed),
         "max_rel_diff_batched_vs_per_slice": diff,
+        **out,
     }

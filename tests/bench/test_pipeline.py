@@ -4,6 +4,7 @@ device, and the pipeline, model-only and conventional paths embed the same image
 import copy
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,16 +67,20 @@ def test_data_path_builds_no_pil_images_and_preprocesses_on_the_module_device(tm
         conventional_run(env, backbone.net, split, transform, batch=8)
 
 
-def test_setting_comparison_reports_medians_spreads_and_agreement(tmp_path):
-    profile = replace(PROFILES["quick"], repeats=2, warmup=0)
+def test_setting_comparison_reports_paired_rounds_and_agreement(tmp_path):
+    profile = replace(PROFILES["quick"], min_rounds=6, max_rounds=6, warmup=0)
     out = bench_setting(tiny_env(tmp_path), Setting("resnet50", 28, None), profile, config_batch=16, batches=3)
     assert out["input_size"] == 32 and out["preprocessed_shape"] == [3, 32, 32]  # 28 -> 32, as the study
-    assert out["images_per_run"] == 48 and out["batches_per_run"] == 3
-    assert len(out["pipeline_efficiency_per_repeat"]) == 2
-    lo, hi = out["pipeline_efficiency_spread"]
-    assert 0 < lo <= hi and min(out["pipeline_efficiency_per_repeat"]) == lo
+    assert out["images_per_run"] == 48 and out["batches_per_run"] == 3 and out["rounds"] == 6
+    # every ratio is the median of the per-round ratios, and each round's ratio is of that round's own timings
+    secs = out["seconds"]
+    per_round = [m / p for p, m in zip(secs["pipeline"], secs["model"])]
+    assert out["samples"]["pipeline_efficiency"] == pytest.approx(per_round)
+    assert out["pipeline_efficiency"] == pytest.approx(float(np.median(per_round)))
+    lo, hi = out["pipeline_efficiency_ci"]
+    assert (lo, hi) == pytest.approx((min(per_round), max(per_round)))  # 6 rounds: the order-statistic interval
     for name in ("pipeline", "model", "conventional"):
-        assert out["images_per_s_spread"][name][0] <= out["images_per_s"][name] <= out["images_per_s_spread"][name][1]
+        assert out["rate_per_s"][name] == pytest.approx(float(np.median([48 / t for t in secs[name]])))
     # both paths embed the same images the same way (torch vs PIL bilinear upsampling differ by rounding only)
     assert out["min_cosine_pipeline_vs_conventional"] > 0.99
 

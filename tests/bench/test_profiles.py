@@ -18,17 +18,23 @@ def test_profiles_resolve_from_data_and_flags_override_one_field():
     assert [s.model for s in quick.settings] == ["resnet50"]
     full = parse_args(["--device", "cpu"])
     assert full.profile == PROFILES["full"] and [s for s in full.settings] == [parse_setting(s) for s in STUDY_SETTINGS]
-    tuned = parse_args(["--profile", "quick", "--device", "cpu", "--repeats", "5", "--search-shape", "10,2,8"])
-    assert tuned.profile == replace(PROFILES["quick"], repeats=5, search_shape=(10, 2, 8))
-    # the quick profile measures steady state: several repeats, warm-up, many batches per run
-    assert quick.profile.repeats >= 3 and quick.profile.warmup >= 1 and quick.profile.min_batches >= 8
+    tuned = parse_args(["--profile", "quick", "--device", "cpu", "--min-rounds", "9", "--search-shape", "10,2,8"])
+    assert tuned.profile == replace(PROFILES["quick"], min_rounds=9, search_shape=(10, 2, 8))
+    served = parse_args(["--quick", "--device", "cpu", "--serve-items", "20000", "--halfwidth", "0.05"])
+    assert served.profile.serve_items == 20_000 and served.profile.halfwidth == 0.05
+    # both profiles: paired rounds to +-3 %, at least 6 (a 95 % interval of a median), the serve section's sizes
+    for p in (quick.profile, full.profile):
+        assert p.min_rounds >= 6 and p.halfwidth == 0.03 and p.warmup >= 1 and p.serve_clients == 16
+    assert quick.profile.serve_items >= 10_000 and full.profile.serve_items == 100_000
     assert full.config_batch_size == 64 and full.max_forward_batch == 512  # conf/config.yaml's
     assert str(full.out).endswith("outputs/bench/bench.json") and not full.pretrained
 
 
 def test_bad_profile_sizes_are_refused():
     with pytest.raises(SystemExit):
-        parse_args(["--quick", "--device", "cpu", "--repeats", "0"])
+        parse_args(["--quick", "--device", "cpu", "--min-rounds", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--device", "cpu", "--min-rounds", "9", "--max-rounds", "8"])
     with pytest.raises(SystemExit):
         parse_args(["--quick", "--device", "cpu", "--cache-images", "4,2,1"])
     with pytest.raises(ValueError, match="warm-up"):
