@@ -180,10 +180,10 @@ class Evaluation:
 
     def search_approximate(self, database: np.ndarray, queries: np.ndarray):
         """``(distances, neighbors, search seconds, BuiltIndex)`` with the cell's index (build time excluded)."""
-        from cbmir.search.approximate import build_index, search_index
+        from cbmir.search.approximate import build_search_index, search_index
 
         c = self.cell
-        built = build_index(database, c.metric, c.search_spec)
+        built = build_search_index(database, c.metric, c.search_spec)
         t0 = time.perf_counter()
         distances, neighbors = search_index(built, queries, c.k, c.metric)
         return distances, neighbors, time.perf_counter() - t0, built

@@ -150,7 +150,7 @@ class BuiltIndex:
     placement: str
 
 
-def build_index(database: np.ndarray, metric: str, spec: SearchSpec) -> BuiltIndex:
+def build_search_index(database: np.ndarray, metric: str, spec: SearchSpec) -> BuiltIndex:
     """Train (on a seeded sample) and fill the index on the CPU, then place it on the GPUs that can hold it."""
     import faiss
 

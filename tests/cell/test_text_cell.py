@@ -112,15 +112,20 @@ def test_a_concatenated_volume_is_refused_for_text(text_cfg):
 
 
 @pytest.mark.slow  # CONCH's full image tower at 448 px on 2 CPU cores
-def test_conch_cells_run_from_a_released_layout_file(compose, data_dir, tmp_path):
+def test_conch_cells_run_from_a_released_layout_file(compose, tmp_path):
     """Both text protocols with CONCH: seeded visual.* in the released layout (tests/golden/conch_keys.json) plus a
-    small seeded text tower (model.text.arch) and a CONCH-layout tokenizer file beside the weights."""
+    small seeded text tower (model.text.arch) and a CONCH-layout tokenizer file beside the weights. Seven images:
+    the full image tower costs ~1 s per image here, and the cell's plumbing is the subject."""
     import json
 
     import torch
 
     from tests.helpers.config import GOLDEN
     from tests.helpers.golden_recipe import recipe
+    from tests.helpers.medmnist_fixtures import write_medmnist
+
+    data_dir = tmp_path / "medmnist"
+    write_medmnist(data_dir, "breastmnist", 28, n_classes=2, n={"train": 4, "val": 1, "test": 3}, seed=1)
     from tests.helpers.text_fixtures import conch_layout_tokenizer
     from tests.models.test_text_towers import TINY, seeded_reference
 
@@ -131,7 +136,7 @@ def test_conch_cells_run_from_a_released_layout_file(compose, data_dir, tmp_path
     arch = ",".join(f"{k}:{v}" for k, v in {**TINY, "dim": 512}.items())
     over = ["model=conch", f"model.weights={tmp_path / 'pytorch_model.bin'}", f"+model.text.arch={{{arch}}}"]
     for protocol in ("text", "zeroshot"):
-        cfg = compose(base_overrides(data_dir, tmp_path / "out", tiny=False) + over + [f"protocol={protocol}"])
+        cfg = compose(base_overrides(data_dir, tmp_path / "out", tiny=False) + over + [f"protocol={protocol}", "k=3"])
         result = run_cell(cfg)
         assert result["text_tower"]["tokenizer"] == "conch_byte_level_bpe_uncased.json"
         queries = 2 if protocol == "text" else len(np.load(f"{data_dir}/breastmnist.npz")["test_labels"])

@@ -1,7 +1,6 @@
 """Own data through whole cells: in-process (cache keyed by content, exclude_same_group) and the command line."""
 
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from PIL import Image
 from cbmir.cell.run import run_cell
 from cbmir.errors import ConfigError
 from cbmir.layout import cell_dir
-from tests.helpers.config import TINY_CNN, run_cli
+from tests.helpers.config import TINY_CNN
 from tests.helpers.own_fixtures import write_tree
 
 
@@ -59,31 +58,35 @@ def test_exclude_same_group_needs_own_data(cell_cfg):
         run_cell(cell_cfg("protocol.exclude_same_group=true"))
 
 
-@pytest.mark.slow
-def test_folder_and_manifest_cells_on_the_command_line(tmp_path):
+def test_folder_and_manifest_cells_from_their_overrides(compose, tmp_path, capsys):
+    """The overrides a user types, through the whole cell (in-process: the command line's exit statuses for
+    errors raised inside a cell are tested once, in tests/launch/test_run.py)."""
+    from cbmir.errors import DataError
+    from cbmir.launch.run import main
+
     root = write_tree(tmp_path / "tree", patients=4)
     out = tmp_path / "out"
-    proc = run_cli(*own_overrides(out, "dataset=folder", f"dataset.root={root}", "dataset.name=tumours", "size=32"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "results/paper/tumours/32/tiny_resnet/result.json").read_text())
+    result = run_cell(compose(own_overrides(out, "dataset=folder", f"dataset.root={root}", "dataset.name=tumours",
+                                            "size=32")))  # fmt: skip
     assert result["n_database"] + result["n_queries"] == 24 and "mAP@5" in result["metrics"]
+    assert (out / "results/paper/tumours/32/tiny_resnet/result.json").is_file()
 
     lines = ["path,label,group,split"]
     for i, png in enumerate(sorted(root.rglob("*.png"))):
         rel = png.relative_to(root).as_posix()
         lines.append(f"{rel},{png.parts[-3]},{png.parent.name},{'test' if i % 4 == 0 else 'train'}")
     (root / "list.csv").write_text("\n".join(lines) + "\n")
-    proc = run_cli(*own_overrides(out, "dataset=manifest", f"dataset.path={root / 'list.csv'}", "dataset.name=listed"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "results/paper/listed/28/tiny_resnet/result.json").read_text())
+    result = run_cell(
+        compose(own_overrides(out, "dataset=manifest", f"dataset.path={root / 'list.csv'}", "dataset.name=listed"))
+    )
     assert (result["n_database"], result["n_queries"]) == (18, 6)
     assert result["sources"]["query"].endswith("test_metadata.csv")
 
     (root / "benign" / "be0" / "0.png").write_bytes(b"broken")
-    proc = run_cli(
-        *own_overrides(out, "dataset=folder", f"dataset.root={root}", "dataset.name=tumours", "overwrite=true")
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "benign/be0/0.png: not a readable image" in proc.stderr
-    proc = run_cli(*own_overrides(out, "dataset=folder", f"dataset.root={root}"))
-    assert proc.returncode == 2 and "needs a name" in proc.stderr
+    with pytest.raises(DataError, match="benign/be0/0.png: not a readable image"):
+        run_cell(compose(own_overrides(out, "dataset=folder", f"dataset.root={root}", "dataset.name=tumours",
+                                       "overwrite=true")))  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:  # preflight, before torch: one sentence, exit status 2
+        main(own_overrides(out, "dataset=folder", f"dataset.root={root}"))
+    assert stopped.value.code == 2
+    assert "needs a name" in capsys.readouterr().err

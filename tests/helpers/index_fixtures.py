@@ -1,4 +1,4 @@
-"""Tiny search indexes for the index, query, serve and browser tests: built once per session and shared.
+"""Tiny search indexes for the index, query, serve and browser tests, and the own-data trees they index.
 
 Tests must not change a shared index; a test that tampers with one works on a copy.
 """
@@ -12,18 +12,13 @@ import numpy as np
 from tests.helpers.config import TINY_CNN, base_overrides
 from tests.helpers.medmnist_fixtures import class_images
 
-_BUILT: dict[tuple, Path] = {}
 
-
-def build_tiny_index(data_dir: Path, root: Path, *extra: str) -> Path:
-    """``python -m cbmir.index build`` in-process with the tiny CNN on the MedMNIST fixtures (once per setting)."""
+def build_tiny_index(data_dir: Path, out: Path, *extra: str) -> Path:
+    """``cbmir index build`` in-process with the tiny CNN on the MedMNIST fixtures (the session's ``tiny_index``
+    fixture builds each setting once and shares it)."""
     from cbmir.index.build import build_index, compose_config
 
-    key = (str(data_dir), extra)
-    if key not in _BUILT:
-        out = root / f"index-out-{len(_BUILT)}"
-        _BUILT[key] = build_index(compose_config(base_overrides(data_dir, out) + list(extra)))
-    return _BUILT[key]
+    return build_index(compose_config(base_overrides(data_dir, out) + list(extra)))
 
 
 def own_overrides(source: Path, out: Path) -> list[str]:

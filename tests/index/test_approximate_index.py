@@ -13,14 +13,13 @@ from cbmir.index.build import main
 from cbmir.index.edit import add_items, remove_items
 from cbmir.index.files import open_index
 from cbmir.index.retrieve import Retriever
-from tests.helpers.index_fixtures import build_tiny_index
 
 
 @pytest.fixture
-def ivf(data_dir, tmp_path_factory, tmp_path) -> Path:
+def ivf(tiny_index, tmp_path) -> Path:
     """An IVF index of its own (this test changes it), over the session's shared bloodmnist cell."""
     settings = ("dataset=bloodmnist", "size=64", "index.faiss='IVF2,Flat'", "index.nprobe=2")
-    return build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), *settings, f"index.dir={tmp_path / 'ivf'}")
+    return tiny_index(*settings, f"index.dir={tmp_path / 'ivf'}")
 
 
 def test_ivf_adds_and_removes_through_faiss_ids(ivf, tmp_path, capsys):

@@ -18,7 +18,6 @@ from PIL import Image
 
 from cbmir.index.retrieve import Retriever
 from cbmir.index.serve import create_app
-from tests.helpers.index_fixtures import build_tiny_index
 from tests.helpers.serve_fixtures import running_server
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
@@ -45,8 +44,8 @@ def poll(page, expression: str, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(data_dir, tmp_path_factory):
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def server(tiny_index, tmp_path_factory):
+    folder = tiny_index("dataset=bloodmnist", "size=64")
     retriever = Retriever(folder, device="cpu")
     tokens = tmp_path_factory.mktemp("browser") / "tokens.txt"
     tokens.write_text(f"reader:{TOKEN}\n")

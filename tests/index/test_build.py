@@ -15,12 +15,12 @@ from cbmir.index.files import BrokenIndexError, open_index
 from cbmir.index.generations import resolve
 from cbmir.index.writer import synthetic_probe
 from cbmir.search.exact import search_torch
-from tests.helpers.index_fixtures import build_tiny_index, own_overrides, write_own_folder
+from tests.helpers.index_fixtures import own_overrides, write_own_folder
 
 
 @pytest.fixture(scope="module")
-def blood(data_dir, tmp_path_factory) -> Path:
-    return build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def blood(tiny_index) -> Path:
+    return tiny_index("dataset=bloodmnist", "size=64")
 
 
 def test_round_trip_is_the_evaluated_cell(blood, data_dir):
@@ -67,9 +67,9 @@ def test_round_trip_is_the_evaluated_cell(blood, data_dir):
     assert first["label"] == str(int(split.labels[5, 0])) and first["label_name"].startswith(first["label"] + " ")
 
 
-def test_all_splits_small_thumbnails_and_no_pixels(data_dir, tmp_path):
-    folder = build_tiny_index(
-        data_dir, tmp_path, "dataset=bloodmnist", "size=64", "index.splits=all", "index.thumb=16",
+def test_all_splits_small_thumbnails_and_no_pixels(tiny_index, data_dir, tmp_path):
+    folder = tiny_index(
+        "dataset=bloodmnist", "size=64", "index.splits=all", "index.thumb=16",
         "index.images=false", f"index.dir={tmp_path / 'idx'}",
     )  # fmt: skip
     index = open_index(folder)

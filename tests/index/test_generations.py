@@ -21,7 +21,7 @@ from cbmir.index.files import open_index, sha256_file, verify
 from cbmir.index.privacy import Privacy, load_key
 from cbmir.index.retrieve import QueryEmbedder, Retriever
 from tests.helpers.config import ROOT
-from tests.helpers.index_fixtures import build_tiny_index, own_overrides, write_own_folder
+from tests.helpers.index_fixtures import own_overrides, write_own_folder
 from tests.helpers.medmnist_fixtures import class_images
 
 
@@ -172,8 +172,10 @@ def test_a_killed_add_leaves_the_previous_generation_whole(own, tmp_path, point)
     assert len(open_index(idx)) == 27
 
 
-def test_an_index_from_before_generations_opens_and_its_first_change_adopts_it(data_dir, tmp_path_factory, tmp_path):
-    blood = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def test_an_index_from_before_generations_opens_and_its_first_change_adopts_it(
+    tiny_index, data_dir, tmp_path_factory, tmp_path
+):
+    blood = tiny_index("dataset=bloodmnist", "size=64")
     old = Path(shutil.copytree(gens.resolve(blood), tmp_path / "old"))  # one folder, no CURRENT: the old layout
     manifest = json.loads((old / "manifest.json").read_text())
     np.save(old / "probe.npy", np.load(old / "images.npy")[0])  # the old probe: item 0's own pixels

@@ -13,12 +13,11 @@ import pytest
 from cbmir.index.files import BrokenIndexError, RowFile, open_index, sha256_file
 from cbmir.index.generations import resolve
 from cbmir.index.query import main as query_main
-from tests.helpers.index_fixtures import build_tiny_index
 
 
 @pytest.fixture(scope="module")
-def blood(data_dir, tmp_path_factory) -> Path:
-    return build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def blood(tiny_index) -> Path:
+    return tiny_index("dataset=bloodmnist", "size=64")
 
 
 def _copy(blood: Path, tmp_path: Path) -> tuple[Path, Path]:

@@ -14,12 +14,12 @@ from cbmir.index.files import IndexMismatchError
 from cbmir.index.generations import resolve
 from cbmir.index.query import main
 from cbmir.index.retrieve import Retriever, suggest_label, upload_name
-from tests.helpers.index_fixtures import build_tiny_index, own_overrides, write_own_folder
+from tests.helpers.index_fixtures import own_overrides, write_own_folder
 
 
 @pytest.fixture(scope="module")
-def blood(data_dir, tmp_path_factory) -> Path:
-    return build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def blood(tiny_index) -> Path:
+    return tiny_index("dataset=bloodmnist", "size=64")
 
 
 @pytest.fixture(scope="module")

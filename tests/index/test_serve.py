@@ -18,13 +18,13 @@ from PIL import Image
 
 from cbmir.index.retrieve import Retriever
 from cbmir.index.serve import create_app
-from tests.helpers.index_fixtures import build_tiny_index, write_dicom
+from tests.helpers.index_fixtures import write_dicom
 from tests.helpers.serve_fixtures import png_bytes
 
 
 @pytest.fixture(scope="module")
-def retriever(data_dir, tmp_path_factory) -> Retriever:
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=breastmnist", "size=28")
+def retriever(tiny_index) -> Retriever:
+    folder = tiny_index("dataset=breastmnist", "size=28")
     return Retriever(folder, device="cpu")
 
 
@@ -179,8 +179,8 @@ def test_every_attack_file_is_a_400_with_one_sentence(client, attacks):
 
 
 @pytest.mark.slow
-def test_a_3d_index_refuses_the_512_cubed_nifti(data_dir, tmp_path_factory, attacks):
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=adrenalmnist3d", "size=28")
+def test_a_3d_index_refuses_the_512_cubed_nifti(tiny_index, attacks):
+    folder = tiny_index("dataset=adrenalmnist3d", "size=28")
     app = create_app(Retriever(folder, device="cpu"), max_upload_mb=5)
     response = TestClient(app).post(
         "/api/query", files={"file": ("zeros.nii.gz", attacks["zeros_512.nii.gz"].read_bytes())}

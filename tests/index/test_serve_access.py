@@ -17,7 +17,6 @@ from cbmir.errors import ConfigError
 from cbmir.index.retrieve import Retriever
 from cbmir.index.serve import check_options, create_app, main, parser
 from cbmir.index.server.auth import parse_tokens, read_token_file
-from tests.helpers.index_fixtures import build_tiny_index
 from tests.helpers.serve_fixtures import png_bytes
 
 ALICE = "alice-7Hq2vN9xLkP4wRt8"
@@ -25,8 +24,8 @@ BOB = "bob-Zm3Kd8sQ1fYc6Vb0"
 
 
 @pytest.fixture(scope="module")
-def retriever(data_dir, tmp_path_factory) -> Retriever:
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=breastmnist", "size=28")
+def retriever(tiny_index) -> Retriever:
+    folder = tiny_index("dataset=breastmnist", "size=28")
     return Retriever(folder, device="cpu")
 
 

@@ -17,13 +17,12 @@ from cbmir.index.generations import POINTER, current_name
 from cbmir.index.retrieve import Retriever
 from cbmir.index.server.app import create_app
 from cbmir.index.server.live import Live, Served
-from tests.helpers.index_fixtures import build_tiny_index
 from tests.helpers.serve_fixtures import png_bytes, running_server
 
 
 @pytest.fixture(scope="module")
-def built(data_dir, tmp_path_factory) -> Path:
-    return build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=breastmnist", "size=28")
+def built(tiny_index) -> Path:
+    return tiny_index("dataset=breastmnist", "size=28")
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from cbmir.index.generations import POINTER
-from tests.helpers.index_fixtures import build_tiny_index
 from tests.helpers.serve_fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,8 +22,8 @@ DANA, ERIN = "dana-5Fh8Lq2Wx7Zp3Nc1", "erin-9Tg4Kb6Yv1Rm8Qs2"
 
 
 @pytest.mark.slow
-def test_sighup_switches_generation_and_the_audit_log_holds_no_token(data_dir, tmp_path_factory, tmp_path):
-    built = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=breastmnist", "size=28")
+def test_sighup_switches_generation_and_the_audit_log_holds_no_token(tiny_index, tmp_path):
+    built = tiny_index("dataset=breastmnist", "size=28")
     index = tmp_path / "index"
     shutil.copytree(built, index)
     tokens, audit = tmp_path / "tokens.txt", tmp_path / "audit.jsonl"

@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from cbmir.index.files import open_index
-from tests.helpers.index_fixtures import build_tiny_index
 from tests.helpers.serve_fixtures import free_port, png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,8 +33,10 @@ def status_kb(pid: int, key: str) -> int:
 
 
 @pytest.mark.slow
-def test_twenty_attack_uploads_at_once_leave_the_server_answering(data_dir, tmp_path_factory, tmp_path, attacks):
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def test_twenty_attack_uploads_at_once_leave_the_server_answering(
+    tiny_index, data_dir, tmp_path_factory, tmp_path, attacks
+):
+    folder = tiny_index("dataset=bloodmnist", "size=64")
     normal = png_bytes(open_index(folder).images[7])
     port = free_port()
     log = open(tmp_path / "server.log", "w")

@@ -17,7 +17,6 @@ from cbmir.index.query import main
 from cbmir.index.text_query import JOINT_EMBEDDINGS, TextRetriever
 from cbmir.models.text import NoTextTowerError
 from tests.helpers.config import base_overrides
-from tests.helpers.index_fixtures import build_tiny_index
 from tests.helpers.text_fixtures import TINY_CLIP, TINY_CLIP_OVERRIDES, tiny_clip_registered
 
 TEXT = "a photo of a neutrophil."
@@ -94,8 +93,8 @@ def test_command_line_text_json_gallery(clip_index, tmp_path, capsys):
     assert "cbmir: error: --text-weight must lie in [0, 1], got 2.0" in capsys.readouterr().err
 
 
-def test_an_index_without_text_tower_refuses_text_in_one_line(data_dir, tmp_path_factory, capsys):
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+def test_an_index_without_text_tower_refuses_text_in_one_line(tiny_index, capsys):
+    folder = tiny_index("dataset=bloodmnist", "size=64")
     assert main([str(folder), "--text", TEXT]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cbmir: error: index ") and "\n" not in err
@@ -178,13 +177,13 @@ def test_the_page_mixes_words_and_an_image_and_refuses_bad_weights(text_client, 
     assert long.status_code == 400 and "longer than 1024 bytes" in long.json()["detail"]
 
 
-def test_an_image_only_index_says_why_it_has_no_words(data_dir, tmp_path_factory):
+def test_an_image_only_index_says_why_it_has_no_words(tiny_index):
     from fastapi.testclient import TestClient
 
     from cbmir.index.serve import create_app, open_served
     from cbmir.index.server.live import Live
 
-    folder = build_tiny_index(data_dir, tmp_path_factory.getbasetemp(), "dataset=bloodmnist", "size=64")
+    folder = tiny_index("dataset=bloodmnist", "size=64")
     client = TestClient(create_app(Live(open_served(folder, check=True, device="cpu"))))
     info = client.get("/api/info").json()
     assert info["text"] is False and "model tiny_resnet has no text tower" in info["text_missing"]

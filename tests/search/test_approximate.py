@@ -10,7 +10,14 @@ from cbmir.bench.search_scale import database_and_queries
 from cbmir.cell.run import run_cell
 from cbmir.errors import ConfigError
 from cbmir.layout import cell_dir, protocol_id, search_id
-from cbmir.search.approximate import SearchSpec, build_index, fp16_storage, recall_at_k, search_index, search_spec
+from cbmir.search.approximate import (
+    SearchSpec,
+    build_search_index,
+    fp16_storage,
+    recall_at_k,
+    search_index,
+    search_spec,
+)
 from cbmir.search.exact import search
 from cbmir.search.placement import plan_placement
 
@@ -22,7 +29,7 @@ def clustered():
 
 
 def recall_of(spec: SearchSpec, db: np.ndarray, q: np.ndarray, metric: str = "l2", k: int = 10):
-    built = build_index(db, metric, spec)
+    built = build_search_index(db, metric, spec)
     _, found = search_index(built, q, k, metric)
     _, truth = search(db, q, k, metric)
     return recall_at_k(found, truth), built
@@ -66,7 +73,7 @@ def test_fp16_and_pca_round_trip(clustered):
     """fp16 storage returns the neighbours of the fp16-rounded vectors; PCA keeps the neighbours of a low-rank set."""
     db, q = clustered
     rounded = db.astype(np.float16).astype(np.float32)
-    built = build_index(db, "l2", SearchSpec(dtype="float16"))
+    built = build_search_index(db, "l2", SearchSpec(dtype="float16"))
     d, found = search_index(built, q, 5, "l2")
     d_ref, i_ref = search(rounded, q, 5, "l2")
     np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3)
@@ -126,9 +133,9 @@ def test_bad_search_settings(cell_cfg):
     with pytest.raises(ConfigError, match="search.pca"):
         search_spec(cell_cfg("protocol=standard", "search.pca=0"))
     with pytest.raises(ConfigError, match="FAISS cannot build"):
-        build_index(np.zeros((10, 8), np.float32), "l2", SearchSpec(index="Nonsense7"))
+        build_search_index(np.zeros((10, 8), np.float32), "l2", SearchSpec(index="Nonsense7"))
     with pytest.raises(ConfigError, match="training vectors"):
-        build_index(np.random.rand(50, 8).astype(np.float32), "l2", SearchSpec(index="IVF64,Flat"))
+        build_search_index(np.random.rand(50, 8).astype(np.float32), "l2", SearchSpec(index="IVF64,Flat"))
 
 
 def test_approximate_cell_reports_recall_and_writes_its_own_folder(cell_cfg):
