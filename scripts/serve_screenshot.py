@@ -2,7 +2,7 @@
 
 The index holds real medical files that ship with the libraries cbmir already depends on: pydicom's CT and MR
 test files (each stored in several transfer syntaxes: the same image, encoded differently) and scikit-image's
-immunohistochemistry, retina fundus and cell microscopy images, cut into tiles. It is built with ResNet-18 with
+immunohistochemistry, retina fundus and cell microscopy images, cut into tiles. It is built with ResNet-50 with
 **random weights** (the hub is unreachable here), so the neighbours show the page, not a model's quality. The
 server runs with a token file, as a group would run it; Debian's chromium takes the picture (``make browser-deps``).
 
@@ -81,7 +81,7 @@ def main() -> int:
         query = collection(work / "real_files")
         overrides = [
             "dataset=folder", f"dataset.root={work / 'real_files'}", "dataset.name=real_files",
-            "dataset.label=pydicom + scikit-image files", "size=64", "model=resnet18", "model.pretrained=false",
+            "dataset.label=pydicom + scikit-image files", "size=64", "model=resnet50", "model.pretrained=false",
             "num_workers=0", "logger=csv", f"paths.output_dir={work / 'out'}", "index.splits=all",
         ]  # fmt: skip
         folder = build_index(compose_config(overrides))
