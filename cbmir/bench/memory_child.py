@@ -72,8 +72,10 @@ class MemorySampler(threading.Thread):
         self.peak = dict.fromkeys(self.KEYS, 0)
         self._lock = threading.Lock()
         self._halt = threading.Event()
+        self._phase = 0  # a sample read before phase() started a new phase is not counted in the new one
 
     def sample(self) -> None:
+        started = self._phase
         pid = os.getpid()
         main = rollup(pid)
         kids = [rollup(c) for c in children(pid)]
@@ -88,6 +90,8 @@ class MemorySampler(threading.Thread):
             "total_pss_file": sum(p.get("Pss_File", 0) for p in every),
         }
         with self._lock:
+            if started != self._phase:
+                return
             for key, value in now.items():
                 self.peak[key] = max(self.peak[key], value)
 
@@ -102,6 +106,7 @@ class MemorySampler(threading.Thread):
         with self._lock:
             out = {f"peak_{k}_gb": gb(v) for k, v in self.peak.items()}
             self.peak = dict.fromkeys(self.KEYS, 0)
+            self._phase += 1
         return out
 
     def stop(self) -> None:

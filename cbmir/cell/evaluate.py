@@ -84,11 +84,7 @@ class Evaluation:
 
     def evaluate(self) -> dict[str, Any]:
         c = self.cell
-        database = np.load(c.embeddings["database"], mmap_mode="r", allow_pickle=False)
-        queries = np.load(c.embeddings["query"], mmap_mode="r", allow_pickle=False)
-        for role, array in (("database", database), ("query", queries)):
-            if bad := nonfinite_rows(array):
-                raise NonFiniteEmbeddingError(f"{bad} of {len(array)} {role} embeddings hold NaN or Inf", bad)
+        database, queries = self.embeddings()
         index_gb = database.nbytes / 1e9
         log.info(
             "searching %d queries in %d × %d database (%.2f GB, %s)", len(queries), *database.shape, index_gb, c.metric
@@ -115,30 +111,49 @@ class Evaluation:
         write_per_query(c.out_dir, self.scores, c.labels["query"])
         gallery = self.render_gallery(neighbors) if c.images is not None and c.gallery else None
         faults.hit("before_result")
-        result = {
-            **c.record,
-            "k": c.k,
+        fields = {
             "metric": c.metric,
             "n_queries": int(len(queries)),
             "n_database": int(len(database)),
             "embedding_dim": int(database.shape[1]),
             "metrics": metrics,
             **statistics,
+            "index_gb": round(index_gb, 4),
+            "queries_per_second": round(len(queries) / max(search_seconds, 1e-9), 1),
+        }
+        if approximate:
+            fields["approximate"] = self.compare_with_exact(database, queries, neighbors, built)
+        return self.publish(fields, {"search": search_seconds, "statistics": statistics_seconds}, gallery)
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The database and query embeddings, memory-mapped, refused with the count when any row is not finite."""
+        c = self.cell
+        database = np.load(c.embeddings["database"], mmap_mode="r", allow_pickle=False)
+        queries = np.load(c.embeddings["query"], mmap_mode="r", allow_pickle=False)
+        for role, array in (("database", database), ("query", queries)):
+            if bad := nonfinite_rows(array):
+                raise NonFiniteEmbeddingError(f"{bad} of {len(array)} {role} embeddings hold NaN or Inf", bad)
+        return database, queries
+
+    def publish(self, fields: dict[str, Any], seconds: dict[str, float], gallery: Path | None = None) -> dict:
+        """result.json: the cell's record and ``fields`` with the embeddings, timings and version every protocol
+        writes; written atomically and last, then logged to every logger."""
+        c = self.cell
+        result = {
+            **c.record,
+            "k": c.k,
+            **fields,
             "embeddings": {role: str(Path(p).resolve()) for role, p in c.embeddings.items()},
             "seconds": {
                 "extraction": round(self.extraction_seconds, 3),
-                "search": round(search_seconds, 3),
-                "statistics": round(statistics_seconds, 3),
+                **{name: round(value, 3) for name, value in seconds.items()},
                 "total": round(time.perf_counter() - c.started, 3),
             },
-            "index_gb": round(index_gb, 4),
-            "queries_per_second": round(len(queries) / max(search_seconds, 1e-9), 1),
             "cbmir_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if approximate:
-            result["approximate"] = self.compare_with_exact(database, queries, neighbors, built)
         atomic_write_json(c.out_dir / "result.json", result)
+        metrics = result["metrics"]
         logged = {**metrics, **interval_bounds(result["intervals"])}
         for logger in self.loggers:
             logger.log_metrics({**logged, **{f"seconds/{k}": v for k, v in result["seconds"].items()}}, step=0)
@@ -146,7 +161,8 @@ class Evaluation:
                 logger.log_image(key="gallery", images=[str(gallery)], step=0)
         self.result = result
         summary = "  ".join(f"{name} {value:.2f}" for name, value in metrics.items())
-        log.info("%s · %s · %s: %s", c.record.get("model"), c.record.get("dataset"), c.record.get("size"), summary)
+        what = c.record.get("protocol") if fields.get("text_protocol") else c.record.get("size")
+        log.info("%s · %s · %s: %s", c.record.get("model"), c.record.get("dataset"), what, summary)
         return result
 
     def score(self, database: np.ndarray, queries: np.ndarray, neighbors: np.ndarray) -> tuple[dict, dict]:

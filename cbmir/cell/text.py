@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cbmir import __version__
-from cbmir.cell.evaluate import CellResult, Evaluation, interval_bounds, nonfinite_rows
+from cbmir.cell.evaluate import CellResult, Evaluation
 from cbmir.cell.spec import TEXT_KINDS, CellSpec
-from cbmir.errors import ConfigError, NonFiniteEmbeddingError
+from cbmir.errors import ConfigError
 from cbmir.logs import get_logger
 from cbmir.metrics.per_query import write_per_query
 from cbmir.metrics.retrieval import class_membership, per_class, summarize
 from cbmir.metrics.text import class_query_labels, database_bootstrap, text_to_image_scores, zeroshot_scores
 from cbmir.models.text import ensemble, prompt_texts, require_text
-from cbmir.safety.files import atomic_write_json
 from cbmir.stats.paired import metric_intervals
 
 log = get_logger(__name__)
@@ -105,11 +101,7 @@ class TextEvaluation(Evaluation):
 
     def evaluate(self) -> dict[str, Any]:
         c = self.cell
-        database = np.load(c.embeddings["database"], mmap_mode="r", allow_pickle=False)
-        queries = np.load(c.embeddings["query"], mmap_mode="r", allow_pickle=False)
-        for role, array in (("database", database), ("query", queries)):
-            if bad := nonfinite_rows(array):
-                raise NonFiniteEmbeddingError(f"{bad} of {len(array)} {role} embeddings hold NaN or Inf", bad)
+        database, queries = self.embeddings()
         n_classes = n_classes_of(c.labels["database"], c.class_names)
         prompts = resolve_prompts(self.spec.model, self.spec.prompts, str(self.kind), c.class_names, n_classes)
         t0 = time.perf_counter()
@@ -125,9 +117,7 @@ class TextEvaluation(Evaluation):
         search_seconds = time.perf_counter() - t0
         c.out_dir.mkdir(parents=True, exist_ok=True)
         write_per_query(c.out_dir, self.scores, labels, extra=extra)
-        result = {
-            **c.record,
-            "k": c.k,
+        fields = {
             "metric": "cosine",
             "text_protocol": self.kind,
             "image_embedding": "joint image-text space (model.text.image applied)",
@@ -138,23 +128,8 @@ class TextEvaluation(Evaluation):
             "embedding_dim": int(database.shape[1]),
             "metrics": metrics,
             **statistics,
-            "embeddings": {role: str(Path(p).resolve()) for role, p in c.embeddings.items()},
-            "seconds": {
-                "extraction": round(self.extraction_seconds, 3),
-                "text": round(text_seconds, 3),
-                "search": round(search_seconds, 3),
-                "total": round(time.perf_counter() - c.started, 3),
-            },
-            "cbmir_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(c.out_dir / "result.json", result)
-        logged = {**metrics, **interval_bounds(result["intervals"])}
-        for logger in self.loggers:
-            logger.log_metrics(logged, step=0)
-        self.result = result
-        log.info("%s · %s · %s: %s", c.record.get("model"), c.record.get("dataset"), self.kind, metrics)
-        return result
+        return self.publish(fields, {"text": text_seconds, "search": search_seconds})
 
     def score_text(self, classes, per_prompt, database, prompts: Prompts):
         c = self.cell

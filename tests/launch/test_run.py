@@ -122,13 +122,13 @@ def test_3d_size_validation_in_a_run_and_in_a_sweep(data_dir, tmp_path):
     single = run_cli(*base_overrides(data_dir, out), "dataset=adrenalmnist3d", "size=224")
     assert single.returncode == 2 and "adrenalmnist3d has sizes [28, 64]" in single.stderr
     sweep = run_cli(
-        "-m", *base_overrides(data_dir, out), "dataset=bloodmnist,adrenalmnist3d", "size=64,128", "batch_size=4"
+        "-m", *base_overrides(data_dir, out), "dataset=bloodmnist,adrenalmnist3d", "size=28,128", "batch_size=4"
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert set(results(out)) == {
-        ("paper", "bloodmnist", 64, "tiny_resnet"),
+        ("paper", "bloodmnist", 28, "tiny_resnet"),
         ("paper", "bloodmnist", 128, "tiny_resnet"),
-        ("paper", "adrenalmnist3d", 64, "tiny_resnet"),
+        ("paper", "adrenalmnist3d", 28, "tiny_resnet"),
     }
     assert "sweep: 3 cells ok, 1 skipped, 0 failed" in sweep.stdout
     assert "skipped paper/adrenalmnist3d/128/tiny_resnet: dataset adrenalmnist3d has sizes [28, 64]" in sweep.stdout

@@ -7,6 +7,7 @@ Each test starts ``python -m cbmir.run`` (slow marker). Kill points come from ``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -18,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cbmir.cell.run import run_cell
 from cbmir.safety.locks import lock_path
-from tests.helpers.config import ROOT, base_overrides
+from tests.helpers.config import ROOT, base_overrides, compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +103,9 @@ def clean_cell(clean_sweep) -> dict:
         ("before_result:1", "neighbors", {"database": True, "query": True}),
     ],
 )
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(data_dir, tmp_path, clean_cell, fault, left_behind, cached):
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(
+    data_dir, tmp_path, caplog, clean_cell, fault, left_behind, cached
+):
     out = tmp_path / "out"
     killed = cli(*base_overrides(data_dir, out), *CELL, fault=fault)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -117,10 +121,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(data_dir, tmp_path, clea
     else:
         assert (cell / "neighbors.npy").exists() and len(sealed) == 2
 
-    rerun = cli(*base_overrides(data_dir, out), *CELL)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "breaking stale lock" in rerun.stdout + rerun.stderr
-    assert json.loads((cell / "result.json").read_text())["cached"] == cached
+    with caplog.at_level(logging.WARNING, logger="cbmir"):  # the rerun in-process: the killed run is the subject
+        result = run_cell(compose_config([*base_overrides(data_dir, out), *CELL]))
+    assert "breaking stale lock" in caplog.text
+    assert result["cached"] == cached == json.loads((cell / "result.json").read_text())["cached"]
     assert_same(snapshot(out), clean_cell)
     assert leftovers(out) == []
 
@@ -199,7 +203,7 @@ def test_soak_random_faults_until_done(data_dir, tmp_path, clean_sweep):
     history = []
     for attempt in range(8):
         point = rng.choice(points)
-        fault = f"{point}:{rng.randint(1, 12 if point == 'after_batch' else 3)}" if attempt < 4 else None
+        fault = f"{point}:{rng.randint(1, 12 if point == 'after_batch' else 3)}" if attempt < 3 else None
         proc = cli("-m", *base_overrides(data_dir, out), *GRID, fault=fault)
         history.append((fault, proc.returncode))
         if proc.returncode == 0 and "sweep: 6 cells ok" in proc.stdout:
