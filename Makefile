@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 FAISS ?= cpu
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite runs in two pytest-xdist workers, each with one torch/OpenMP thread (2 cores: 2 workers, no
+# oversubscription); tests are handed out one at a time and idle workers steal queued ones. WORKERS=0: one process.
+WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist worksteal,)
 
 .PHONY: install run test test-fast lint bench bench-compare report clean browser-deps
 
@@ -23,11 +27,11 @@ run: install
 
 # Offline by construction: no test may need the network.
 test: install browser-deps
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The suite without the tests marked slow (subprocess command lines, torchrun, real weights, full-size networks).
 test-fast: install
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # ruff, as configured in pyproject.toml: lint rules, then formatting (checked, never rewritten here).
 lint: install

@@ -24,7 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cbmir.logs import get_logger
+from cbmir.logs import get_logger, global_rank
 from cbmir.safety.files import atomic_write_json
 
 log = get_logger(__name__)
@@ -79,15 +79,18 @@ def outcome_of(job_return: JobReturn) -> dict[str, Any] | None:
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        for stale in Path(str(config.hydra.sweep.dir)).glob(f"**/{OUTCOME_FILE}"):  # a reused sweep folder
-            stale.unlink()
+        # a reused sweep folder's outcomes are stale; under torchrun only rank 0 clears them (a rank that starts
+        # late must not delete an outcome rank 0 has already written)
+        if global_rank() == 0:
+            for stale in Path(str(config.hydra.sweep.dir)).glob(f"**/{OUTCOME_FILE}"):
+                stale.unlink()
         _State.interrupted = False
         _State.previous_handler = signal.signal(signal.SIGINT, _on_sigint)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         outcome = outcome_of(job_return)
         output_dir = config.hydra.runtime.get("output_dir")
-        if outcome is not None and output_dir:
+        if outcome is not None and output_dir and global_rank() == 0:  # one writer per outcome file
             outcome["job"] = config.hydra.job.get("num")
             atomic_write_json(Path(str(output_dir)) / OUTCOME_FILE, outcome)
 
