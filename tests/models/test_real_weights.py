@@ -15,10 +15,6 @@ in mAP@5 and 50 in ACC@1, so the margins asserted below leave room.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from cbmir.data import file_name
+from tests.helpers.config import compose_config
 from tests.helpers.efficientnet_lite import timm_lite0_state_dict
 
-ROOT = Path(__file__).resolve().parents[2]
 ARCH = "tf_efficientnet_lite0.in1k"
 FLAG, SIZE = "dermamnist", 64
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -95,19 +91,16 @@ def imagenet_top5(model: torch.nn.Module, image: np.ndarray, mean, std) -> list[
 
 
 def run_cell(data_dir: Path, out_dir: Path, *model_args: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    """The cell in-process, from the overrides a user would type (the weights are the subject, not the process)."""
+    from cbmir.cell.run import run_cell as run
+
     args = [
         "model=resnet50", f"model.arch={ARCH}", "model.dim=1280", *model_args,
         f"dataset={FLAG}", f"size={SIZE}", f"paths.data_dir={data_dir}", f"paths.output_dir={out_dir}",
         "dataset.verify_md5=false", "dataset.download=false", "num_workers=0", "logger=csv", "batch_size=32",
         "protocol=paper",
     ]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "cbmir.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    name = next(a.split("=", 1)[1] for a in model_args if a.startswith("model.name="))
-    return json.loads((out_dir / "results" / "paper" / FLAG / str(SIZE) / name / "result.json").read_text())
+    return run(compose_config(args))
 
 
 @pytest.mark.slow
@@ -131,7 +124,7 @@ def test_real_imagenet_weights_beat_random_init_on_real_tissue(tmp_path):
     weights = tmp_path / "tf_efficientnet_lite0.safetensors"
     save_file(sd, str(weights))
 
-    # 2. The same weights, as a local timm-format file, through the command line; then a seeded random init.
+    # 2. The same weights, as a local timm-format file (model.weights); then a seeded random init.
     data_dir, out_dir = tmp_path / "data", tmp_path / "out"
     write_tissue_medmnist(data_dir, seed=0, n={"train": 120, "val": 12, "test": 60})
     pre = run_cell(data_dir, out_dir, "model.name=efficientnet_lite0", f"model.weights={weights}")
