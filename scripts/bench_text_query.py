@@ -47,14 +47,22 @@ def main() -> None:
     vectors = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     items = [
-        {"split": "train", "position": str(i), "source": "", "label": "0", "label_name": "x", "group": ""}
+        {
+            "split": "train",
+            "position": str(i),
+            "source": "",
+            "label": "0",
+            "label_name": "x",
+            "group": "",
+            "withheld": "",
+        }
         for i in range(n)
     ]
     faiss_index = flat_index(vectors, "cosine")
     index = IndexFolder(Path("."), {"seed": 0}, faiss_index, vectors, np.zeros((n, 1), np.int64), items, None, None,
                         np.zeros((28, 28), np.uint8))  # fmt: skip
     r = TextRetriever.__new__(TextRetriever)  # an index in memory: no folder, no files
-    r.index, r.vectors, r.joint_faiss = index, vectors, faiss_index
+    r.index, r.vectors, r.joint_index = index, vectors, faiss_index
     r.tower = tower(which, sys.argv[3] if len(sys.argv) > 3 else None)
     for text in TEXTS + TEXTS[:1]:
         r.ask(text, k=10)

@@ -77,11 +77,12 @@ def pct(d: dict[str, Any]) -> str:
 
 
 def serve_line(v: dict[str, Any]) -> str:
-    parts = v["image_query_parts_ms"]
+    parts, text = v["image_query_parts_ms"], v["text_query_ms"]
+    words = f"absent ({text['absent']})" if text.get("p50") is None else pct(text)
     return (
         f"serve ({v['n_items']} items, real server on 127.0.0.1): image query {pct(v['image_query_ms'])}; "
         f"embed p50 {parts['embed']['p50']:.1f} ms, search p50 {parts['search']['p50']:.1f} ms, beyond embed "
-        f"{pct(v['image_query_overhead_ms'])}; text query: absent ({v['text_query_ms']['absent']}); "
+        f"{pct(v['image_query_overhead_ms'])}; text query: {words}; "
         f"{v['concurrent_16_ms']['clients']} concurrent clients: {pct(v['concurrent_16_ms'])}"
     )
 

@@ -128,7 +128,10 @@ class TextRetriever(Retriever):
         torch.manual_seed(int(self.index.manifest["seed"]))  # random-weight towers come out as the build's
         self.tower = load_text_tower(self.cfg_model)
         self.tower.net.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from cbmir.search.exact import flat_index
+
         self.vectors = np.asarray(self.index.joint, dtype=np.float32)
+        self.joint_index = flat_index(self.vectors, "cosine")  # built once: a query only searches it
         self._image: QueryEmbedder | None = None
 
     def image_embedder(self) -> QueryEmbedder:
@@ -142,19 +145,24 @@ class TextRetriever(Retriever):
     def search(
         self, vectors: np.ndarray, k: int, where: Mapping[str, Sequence[str]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine over the joint vectors (an exact search, masked to the rows ``where`` allows)."""
+        """Cosine over the joint vectors: an exact search, restricted inside FAISS to the rows ``where`` allows."""
+        import faiss
+
         from cbmir.index.retrieve import FilterError
-        from cbmir.search.exact import l2_normalize, search
+        from cbmir.search.exact import l2_normalize
 
         allowed = self.allowed(where)
-        rows = np.arange(len(self.vectors)) if allowed is None else allowed
-        if len(rows) == 0:
+        n = len(self.vectors) if allowed is None else len(allowed)
+        if n == 0:
             raise FilterError(f"no item passes every filter of {dict(where or {})}")
-        k = max(1, min(int(k), len(rows)))
-        q = l2_normalize(np.asarray(vectors, dtype=np.float32))
-        database = self.vectors if allowed is None else self.vectors[allowed]
-        distances, found = search(database, q, k, "cosine")
-        return distances, rows[found]
+        k = max(1, min(int(k), n))
+        q = l2_normalize(np.ascontiguousarray(vectors, dtype=np.float32))
+        if allowed is None:
+            distances, rows = self.joint_index.search(q, k)
+        else:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            distances, rows = self.joint_index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        return distances, rows.astype(np.int64)
 
     def ask(
         self,

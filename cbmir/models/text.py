@@ -37,6 +37,7 @@ TEXT_FAMILIES: dict[str, str] = {
     "conch": "conch_text:load_conch_text",  # CONCH v1's CoCa text encoder + its byte-level BPE tokenizer
     "open_clip": "open_clip_text:load_open_clip_text",  # any open_clip model's encode_text + open_clip's tokenizer
     "biomedclip": "biomedclip_text:load_biomedclip_text",  # PubMedBERT + MLP projection, open_clip's HFTokenizer
+    "medclip": "medclip_text:load_medclip_text",  # Bio_ClinicalBERT (layers 1, 2, last averaged) + linear projection
 }
 
 #: the placeholder of a prompt template

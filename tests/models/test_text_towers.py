@@ -173,7 +173,6 @@ def test_joint_space_image_settings_are_their_own_model_config():
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("medclip", "BioClinicalBERT"),
         ("medsiglip", "SigLIP"),
         ("conch15", "image tower only"),
     ],
@@ -230,3 +229,48 @@ def test_biomedclip_text_equals_open_clip_hf_text_encoder(tmp_path):
         expected = F.normalize(ref.eval()(ids), dim=-1).numpy()
     np.testing.assert_allclose(tower.encode(PHRASES), expected, rtol=0, atol=1e-5)
     assert joint_model_cfg(cfg).normalize is True  # BiomedCLIP's study embedding is already the joint space
+
+
+def test_medclip_text_equals_the_official_forward_on_each_text_alone(tmp_path):
+    """MedCLIP's released layout (text_model.model.*, text_model.projection_head.weight) against the official
+    ``MedCLIPTextModel.forward`` + ``encode_text`` run on each phrase tokenised alone, the tokenizer built by
+    ``AutoTokenizer`` from a folder laid out like the Bio_ClinicalBERT repository (config.json and vocab.txt, no
+    tokenizer_config.json), with the processor's ``model_max_length = 77``."""
+    import json
+
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY_BERT}))
+    official = AutoTokenizer.from_pretrained(str(tmp_path))
+    official.model_max_length = 77
+    torch.manual_seed(6)
+    bert = BertModel(BertConfig(**TINY_BERT, pad_token_id=0)).eval()  # AutoModel.from_pretrained builds a BertModel
+    projection = torch.nn.Linear(32, 512, bias=False)
+    with torch.no_grad():
+        for p in [*bert.parameters(), projection.weight]:
+            p.add_(torch.randn_like(p) * 0.1)
+    sd = {f"text_model.model.{k}": v for k, v in bert.state_dict().items()}
+    sd["text_model.projection_head.weight"] = projection.weight.detach().clone()
+    sd["text_model.model.embeddings.position_ids"] = torch.arange(256)[None]  # what transformers 4.2x stored
+    sd["vision_model.projection_head.weight"] = torch.randn(512, 768)  # the image tower's keys beside
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    cfg = model_cfg("medclip", weights=str(tmp_path / "pytorch_model.bin"), text={"arch": TINY_BERT})
+    tower = load_text_tower(cfg)
+
+    def encode_alone(text: str) -> np.ndarray:  # the official forward, the text padded with nothing
+        inputs = official([text], truncation=True, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = bert(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_hidden_states=True
+            )
+            states = torch.stack([out["hidden_states"][1], out["hidden_states"][2], out["hidden_states"][-1]])
+            embed = projection(states.permute(1, 0, 2, 3).mean(2).mean(1))
+            return (embed / embed.norm(dim=-1, keepdim=True))[0].numpy()
+
+    batch = official(PHRASES, truncation=True, padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(tower.tokenize(PHRASES), batch) and batch.shape == (5, 77)  # the over-long one is cut at 77
+    assert (batch[0] == 0).sum() > 50 and batch[2, 1] != 1  # padding; accents and case folded onto the vocabulary
+    expected = np.stack([encode_alone(text) for text in PHRASES])
+    np.testing.assert_allclose(tower.encode(PHRASES), expected, rtol=0, atol=1e-5)
+    assert tower.identity["weights"].startswith("pytorch_model.bin") and joint_model_cfg(cfg).normalize is True
