@@ -251,6 +251,16 @@ def suggest_label(neighbour_labels: np.ndarray) -> tuple[int, int]:
     return rank, int(counts[inverse[rank]])
 
 
+def search_rows(faiss_index: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None):
+    """``faiss_index.search``, restricted inside FAISS to the ids ``allowed`` (None: every id)."""
+    if allowed is None:
+        return faiss_index.search(queries, k)
+    import faiss
+
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+    return faiss_index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+
+
 class Retriever:
     """An opened index with its model: files or bytes in, ranked neighbours and a label suggestion out."""
 
@@ -286,19 +296,21 @@ class Retriever:
             self._columns = (self.index.items, Columns(self.index.items))
         return self._columns[1].allowed(where, self.index.class_names)
 
-    def search(
-        self, vectors: np.ndarray, k: int, where: Mapping[str, Sequence[str]] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest rows (among the rows ``where`` allows, selected inside FAISS's search, so k still come back)."""
-        import faiss
-
-        from cbmir.search.exact import l2_normalize
-
+    def admitted(self, where: Mapping[str, Sequence[str]] | None, k: int) -> tuple[np.ndarray | None, int]:
+        """The rows ``where`` allows (None: all) and ``k`` clipped to their number; none left is a FilterError."""
         allowed = self.allowed(where)
         n = len(self.index) if allowed is None else len(allowed)
         if n == 0:
             raise FilterError(f"no item passes every filter of {dict(where or {})}")
-        k = max(1, min(int(k), n))
+        return allowed, max(1, min(int(k), n))
+
+    def search(
+        self, vectors: np.ndarray, k: int, where: Mapping[str, Sequence[str]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest rows (among the rows ``where`` allows, selected inside FAISS's search, so k still come back)."""
+        from cbmir.search.exact import l2_normalize
+
+        allowed, k = self.admitted(where, k)
         q = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.manifest["metric"] == "cosine":
             q = l2_normalize(q)
@@ -308,11 +320,7 @@ class Retriever:
 
             distances, found = search(np.asarray(self.index.embeddings[allowed]), q, k, self.manifest["metric"])
             return distances, allowed[found]
-        if allowed is None:
-            distances, rows = self.index.faiss_index.search(q, k)
-        else:
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            distances, rows = self.index.faiss_index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        distances, rows = search_rows(self.index.faiss_index, q, k, allowed)
         if self.index.ids is not None:
             from cbmir.index.approx import rows_of
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cbmir.data.pixels import DecodeLimits
 from cbmir.errors import ConfigError
 from cbmir.index.files import JOINT, IndexFolder, open_index
-from cbmir.index.retrieve import Answer, QueryEmbedder, Retriever
+from cbmir.index.retrieve import Answer, QueryEmbedder, Retriever, search_rows
 from cbmir.models.text import NoTextTowerError, has_text, joint_model_cfg, require_text
 
 #: The longest query text accepted (the towers read 77 or 128 tokens; a paragraph is a mistake, not a query).
@@ -146,22 +146,11 @@ class TextRetriever(Retriever):
         self, vectors: np.ndarray, k: int, where: Mapping[str, Sequence[str]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cosine over the joint vectors: an exact search, restricted inside FAISS to the rows ``where`` allows."""
-        import faiss
-
-        from cbmir.index.retrieve import FilterError
         from cbmir.search.exact import l2_normalize
 
-        allowed = self.allowed(where)
-        n = len(self.vectors) if allowed is None else len(allowed)
-        if n == 0:
-            raise FilterError(f"no item passes every filter of {dict(where or {})}")
-        k = max(1, min(int(k), n))
+        allowed, k = self.admitted(where, k)
         q = l2_normalize(np.ascontiguousarray(vectors, dtype=np.float32))
-        if allowed is None:
-            distances, rows = self.joint_index.search(q, k)
-        else:
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            distances, rows = self.joint_index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        distances, rows = search_rows(self.joint_index, q, k, allowed)
         return distances, rows.astype(np.int64)
 
     def ask(

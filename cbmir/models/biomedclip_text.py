@@ -22,23 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbmir.errors import ConfigError, WeightsError
+from cbmir.errors import WeightsError
 from cbmir.models.common import plain
-from cbmir.models.text import TextTower, tokenizer_file
+from cbmir.models.text import BERT_BASE, TextTower, bert_arch, tokenizer_file
 from cbmir.models.weights import load_weights
 
 #: BiomedBERT-base's config (``model.text.arch`` may override it, e.g. a tiny tower in tests)
-ARCH = {
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "pad_token_id": 0,
-    "layer_norm_eps": 1e-12,
-}
+ARCH = BERT_BASE
 CONTEXT = 256
 DIM = 512
 
@@ -74,9 +64,7 @@ def load_biomedclip_text(cfg: Any) -> TextTower:
     from open_clip.tokenizer import HFTokenizer
 
     block = plain(cfg.get("text")) or {}
-    arch = {**ARCH, **(block.get("arch") or {})}
-    if unknown := set(arch) - set(ARCH):
-        raise ConfigError(f"model.text.arch has unknown keys {sorted(unknown)}; known: {sorted(ARCH)}")
+    arch = bert_arch(block, ARCH)
     folder = tokenizer_file(cfg, "vocab.txt").parent
     if not (folder / "tokenizer_config.json").is_file():
         raise WeightsError(f"{folder} has vocab.txt but no tokenizer_config.json: put both official files there")

@@ -29,25 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbmir.errors import ConfigError
 from cbmir.models.common import plain
-from cbmir.models.text import TextTower, tokenizer_file
+from cbmir.models.text import BERT_BASE, TextTower, bert_arch, tokenizer_file
 from cbmir.models.weights import load_weights
 
 #: the hub repository of the tokenizer (MedCLIP's weights themselves are not on the hub)
 TOKENIZER_REPO = "emilyalsentzer/Bio_ClinicalBERT"
 #: Bio_ClinicalBERT's config (``model.text.arch`` may override it, e.g. a tiny tower in tests)
-ARCH = {
-    "vocab_size": 28996,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "pad_token_id": 0,
-    "layer_norm_eps": 1e-12,
-}
+ARCH = {**BERT_BASE, "vocab_size": 28996}
 CONTEXT = 77
 DIM = 512
 #: the hidden states the official forward averages (the embeddings' output is 0)
@@ -98,9 +87,7 @@ class MedClipTokenizer:
 
 def load_medclip_text(cfg: Any) -> TextTower:
     block = plain(cfg.get("text")) or {}
-    arch = {**ARCH, **(block.get("arch") or {})}
-    if unknown := set(arch) - set(ARCH):
-        raise ConfigError(f"model.text.arch has unknown keys {sorted(unknown)}; known: {sorted(ARCH)}")
+    arch = bert_arch(block, ARCH)
     folder = tokenizer_file(cfg, "vocab.txt", repo=TOKENIZER_REPO).parent
     tokenizer = MedClipTokenizer(folder, int(block.get("context_length", CONTEXT)))
     net, weights = load_weights(cfg, lambda: MedClipText(arch), medclip_text_key_map)

@@ -40,6 +40,29 @@ TEXT_FAMILIES: dict[str, str] = {
     "medclip": "medclip_text:load_medclip_text",  # Bio_ClinicalBERT (layers 1, 2, last averaged) + linear projection
 }
 
+#: BERT-base, the text encoder of BiomedCLIP (PubMedBERT) and MedCLIP (Bio_ClinicalBERT): each family sets its
+#: vocabulary; ``model.text.arch`` may override any key (a tiny tower in tests)
+BERT_BASE = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "pad_token_id": 0,
+    "layer_norm_eps": 1e-12,
+}
+
+
+def bert_arch(block: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``model.text.arch`` applied; an unknown key is a one-line error."""
+    arch = {**base, **(block.get("arch") or {})}
+    if unknown := set(arch) - set(base):
+        raise ConfigError(f"model.text.arch has unknown keys {sorted(unknown)}; known: {sorted(base)}")
+    return arch
+
+
 #: the placeholder of a prompt template
 CLASSNAME = "CLASSNAME"
 
