@@ -53,3 +53,9 @@ def cell_cfg(compose, data_dir, tmp_path):
         return compose(base_overrides(data_dir, tmp_path / "out", tiny=tiny) + list(extra))
 
     return _cfg
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (stable order otherwise): with two xdist workers the run then ends on short tests that
+    balance the workers, not on one long test that leaves the other worker idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
