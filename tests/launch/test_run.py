@@ -22,16 +22,17 @@ def results(out: Path) -> dict[tuple, dict]:
 
 
 @pytest.mark.slow
-def test_one_cell_end_to_end(data_dir, tmp_path):
-    out = tmp_path / "out"
-    proc = run_cli(*base_overrides(data_dir, out), "dataset=bloodmnist", "size=64")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (r,) = results(out).values()
+def test_one_cell_on_the_command_line_is_skipped_once_finished(basic_sweep_2x2, data_dir):
+    """A cell the shared 2x2 sweep computed, asked for again alone: skipped, and it says so (the sweep itself shows
+    the command line computing cells)."""
+    out, sweep = basic_sweep_2x2
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    r = results(out)[("paper", "bloodmnist", 64, "tiny_resnet")]
     assert (r["dataset"], r["size"], r["n_database"]) == ("bloodmnist", 64, 24)
-    assert "mAP@5" in proc.stdout  # the one-line summary
-    # the rerun is skipped and says so
+    assert sweep.stdout.count("mAP@5") == 4  # one summary line per cell
     again = run_cli(*base_overrides(data_dir, out), "dataset=bloodmnist", "size=64")
     assert again.returncode == 0 and "finished already" in again.stdout
+    assert "mAP@5" not in again.stdout  # nothing recomputed
 
 
 @pytest.mark.slow
