@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,16 @@ def _approximate(content: Content, index: IndexFolder, ids: np.ndarray, edit) ->
     content.describe = describe
 
 
+@contextmanager
+def changing(folder: Path) -> Iterator[tuple[Path, IndexFolder]]:
+    """An index folder held for one change (add or remove): its writer lock taken, an index from before
+    generations adopted, its current generation opened."""
+    root = Path(folder).expanduser().resolve()
+    with writing(root):
+        adopt_legacy(root)
+        yield root, open_index(root)
+
+
 def _flat(metric: str):
     from cbmir.search.exact import flat_index
 
@@ -209,10 +221,7 @@ def add_items(
     from cbmir.data import ROLE_SPLIT
     from cbmir.index.retrieve import QueryEmbedder
 
-    root = Path(folder).expanduser().resolve()
-    with writing(root):
-        adopt_legacy(root)
-        index = open_index(root)
+    with changing(folder) as (root, index):
         m = index.manifest
         privacy = privacy_of(m, key_file)
         entries = _list(m, list(paths), label)
@@ -307,10 +316,7 @@ def remove_items(
     folder: Path, *, sources=None, groups=None, rows=None, key_file: Path | None = None, keep: int | None = 1
 ) -> dict[str, Any]:
     """Write a generation without the selected items (pruning older ones down to ``keep``)."""
-    root = Path(folder).expanduser().resolve()
-    with writing(root):
-        adopt_legacy(root)
-        index = open_index(root)
+    with changing(folder) as (root, index):
         m = index.manifest
         privacy = privacy_of(m, key_file, need_key=False)
         mask = select(index, privacy, sources=sources, groups=groups, rows=rows)
